@@ -1,0 +1,54 @@
+//! The store's error type.
+
+use ferrite_core::decode::PayloadError;
+use ferrite_core::{Classify, ErrorKind};
+
+/// Everything that can go wrong writing to or opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A point conflicts with the table's schema; nothing of its write was stored.
+    #[error(transparent)]
+    Rejected(#[from] PayloadError),
+    /// The store is shutting down and takes no more writes.
+    #[error("the store is shutting down")]
+    ShuttingDown,
+    /// An earlier WAL write or fsync failed; the store refuses writes until restarted, because
+    /// it can no longer promise that an acknowledged write is on disk.
+    #[error("the write-ahead log failed earlier and the store is read-only until restart")]
+    Failed,
+    /// An I/O error on a file of the store.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or folder.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A WAL record could not be encoded (a bug).
+    #[error("encoding a WAL record: {0}")]
+    Encode(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(action: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+impl Classify for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Rejected(e) => e.kind(),
+            StoreError::ShuttingDown => ErrorKind::Unavailable,
+            StoreError::Failed | StoreError::Io { .. } | StoreError::Encode(_) => {
+                ErrorKind::Internal
+            }
+        }
+    }
+}
