@@ -1,1 +1,155 @@
-//! placeholder while scaffolding
+//! Ferrite's HTTP API.
+//!
+//! Owns the HTTP surface operators and scripts use: `GET /healthz` and
+//! `POST /api/v1/query` (SQL in the body as text, or JSON `{"sql": "..."}`; answer as a JSON
+//! array of row objects). Errors are JSON `{"error": "..."}` with a status from the error's
+//! [`ErrorKind`]: 400 for bad input, 503 when overloaded, 500 for internal failures.
+//!
+//! Access: until API tokens exist, requests are accepted only from loopback addresses unless
+//! the operator allows anonymous remote access ([`ApiConfig::allow_remote_anonymous`]).
+//! Not here yet: tokens and roles, pgwire, CSV/Arrow answers, streaming of large results.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ferrite_core::{Classify, ErrorKind};
+use ferrite_query::{QueryEngine, QueryError, QueryResult};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the HTTP API needs from the rest of the system.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Answers SQL.
+    pub query: Arc<QueryEngine>,
+    /// Accept requests from non-loopback addresses without credentials.
+    pub allow_remote_anonymous: bool,
+}
+
+/// Build the API's router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/query", post(query))
+        .layer(middleware::from_fn_with_state(state.clone(), access))
+        .with_state(state)
+}
+
+/// Serve `app` on `listener` until `shutdown` is cancelled, then finish in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
+
+async fn access(
+    State(state): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.allow_remote_anonymous || peer.ip().is_loopback() {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "anonymous access is allowed from loopback only",
+        )
+    }
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    sql: String,
+}
+
+async fn query(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let sql = if is_json {
+        match serde_json::from_slice::<QueryBody>(&body) {
+            Ok(b) => b.sql,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("body must be {{\"sql\": \"...\"}}: {e}"),
+                );
+            }
+        }
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(s) => s,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "the SQL must be UTF-8"),
+        }
+    };
+    if sql.trim().is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "empty query: send SQL in the request body",
+        );
+    }
+    match state.query.sql(&sql).await {
+        Ok(result) => match to_json(&result) {
+            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("encoding the answer: {e}"),
+            ),
+        },
+        Err(e) => query_error(&e),
+    }
+}
+
+fn to_json(result: &QueryResult) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for batch in &result.batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    let mut out = writer.into_inner();
+    if out.is_empty() {
+        out.extend_from_slice(b"[]");
+    }
+    out.push(b'\n');
+    Ok(out)
+}
+
+fn query_error(e: &QueryError) -> Response {
+    let status = match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::Conflict | ErrorKind::NotFound => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorKind::Unauthorized => StatusCode::FORBIDDEN,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!(error = %e, "query failed");
+    }
+    error(status, &e.to_string())
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}

@@ -210,7 +210,9 @@ mod tests {
         let p = t("devices/d1/telemetry").expect("ok").expect("telemetry");
         assert_eq!(p.device.as_str(), "d1");
         assert_eq!(p.measurement.as_str(), "telemetry");
-        let p = t("devices/d1/telemetry/engine").expect("ok").expect("telemetry");
+        let p = t("devices/d1/telemetry/engine")
+            .expect("ok")
+            .expect("telemetry");
         assert_eq!(p.measurement.as_str(), "engine");
         assert_eq!(t("devices/d1/status"), Ok(None));
         assert_eq!(t("devices/d1/telemetry/a/b"), Ok(None));

@@ -112,8 +112,14 @@ mod tests {
     #[test]
     fn reason_codes_follow_error_class() {
         assert_eq!(DecodeError::InvalidUtf8.reason_code(), ReasonCode(0x81));
-        assert_eq!(DecodeError::MalformedPacket("x").reason_code(), ReasonCode(0x81));
-        assert_eq!(DecodeError::ProtocolError("x").reason_code(), ReasonCode(0x82));
+        assert_eq!(
+            DecodeError::MalformedPacket("x").reason_code(),
+            ReasonCode(0x81)
+        );
+        assert_eq!(
+            DecodeError::ProtocolError("x").reason_code(),
+            ReasonCode(0x82)
+        );
         assert_eq!(
             DecodeError::PacketTooLarge { size: 10, max: 5 }.reason_code(),
             ReasonCode(0x95)

@@ -187,10 +187,7 @@ fn spec(property: u32) -> Option<(&'static str, u16)> {
         id::WILL_DELAY_INTERVAL => ("Will Delay Interval", C::Will.bit()),
         id::REQUEST_RESPONSE_INFORMATION => ("Request Response Information", C::Connect.bit()),
         id::RESPONSE_INFORMATION => ("Response Information", C::ConnAck.bit()),
-        id::SERVER_REFERENCE => (
-            "Server Reference",
-            C::ConnAck.bit() | C::Disconnect.bit(),
-        ),
+        id::SERVER_REFERENCE => ("Server Reference", C::ConnAck.bit() | C::Disconnect.bit()),
         id::REASON_STRING => ("Reason String", REASON),
         id::RECEIVE_MAXIMUM => ("Receive Maximum", CONNECT_CONNACK),
         id::TOPIC_ALIAS_MAXIMUM => ("Topic Alias Maximum", CONNECT_CONNACK),
@@ -254,7 +251,11 @@ impl Properties {
     }
 
     /// Append the property length and the properties, for a packet of type `ctx`.
-    pub(crate) fn write<S: Sink>(&self, ctx: PropertyContext, sink: &mut S) -> Result<(), EncodeError> {
+    pub(crate) fn write<S: Sink>(
+        &self,
+        ctx: PropertyContext,
+        sink: &mut S,
+    ) -> Result<(), EncodeError> {
         let mut counter = Counter::default();
         self.write_entries(ctx, &mut counter)?;
         write_varint(sink, "property length", counter.len)?;
@@ -262,7 +263,8 @@ impl Properties {
     }
 
     fn write_entries<S: Sink>(&self, ctx: PropertyContext, s: &mut S) -> Result<(), EncodeError> {
-        self.check_values(ctx).map_err(EncodeError::InvalidProperty)?;
+        self.check_values(ctx)
+            .map_err(EncodeError::InvalidProperty)?;
         let mut w = EntryWriter { ctx, sink: s };
         if let Some(v) = self.payload_format_indicator {
             w.id(id::PAYLOAD_FORMAT_INDICATOR)?.write_u8(v);
@@ -281,7 +283,11 @@ impl Properties {
         }
         for v in &self.subscription_identifiers {
             let value = *v as usize;
-            write_varint(w.id(id::SUBSCRIPTION_IDENTIFIER)?, "Subscription Identifier", value)?;
+            write_varint(
+                w.id(id::SUBSCRIPTION_IDENTIFIER)?,
+                "Subscription Identifier",
+                value,
+            )?;
         }
         if let Some(v) = self.session_expiry_interval {
             w.id(id::SESSION_EXPIRY_INTERVAL)?.write_u32(v);
@@ -485,7 +491,10 @@ mod tests {
             &out[..],
             &[12, 0x01, 1, 0x23, 0, 5, 0x26, 0, 1, b'a', 0, 1, b'b']
         );
-        let back = read(&[12, 0x01, 1, 0x23, 0, 5, 0x26, 0, 1, b'a', 0, 1, b'b'], PropertyContext::Publish);
+        let back = read(
+            &[12, 0x01, 1, 0x23, 0, 5, 0x26, 0, 1, b'a', 0, 1, b'b'],
+            PropertyContext::Publish,
+        );
         assert_eq!(back.unwrap(), p);
     }
 
@@ -496,35 +505,70 @@ mod tests {
             read(&[2, 0x7F, 0], C::Publish),
             Err(DecodeError::MalformedPacket("unknown property identifier"))
         );
-        assert!(matches!(read(&[3, 0x13, 0, 1], C::Publish), Err(DecodeError::ProtocolError(_))));
-        assert_eq!(read(&[6, 0x23, 0, 1, 0x23, 0, 2], C::Publish), Err(DUPLICATE));
+        assert!(matches!(
+            read(&[3, 0x13, 0, 1], C::Publish),
+            Err(DecodeError::ProtocolError(_))
+        ));
+        assert_eq!(
+            read(&[6, 0x23, 0, 1, 0x23, 0, 2], C::Publish),
+            Err(DUPLICATE)
+        );
         assert_eq!(read(&[4, 0x0B, 1, 0x0B, 2], C::Subscribe), Err(DUPLICATE));
         assert_eq!(
-            read(&[4, 0x0B, 1, 0x0B, 2], C::Publish).unwrap().subscription_identifiers,
+            read(&[4, 0x0B, 1, 0x0B, 2], C::Publish)
+                .unwrap()
+                .subscription_identifiers,
             vec![1, 2]
         );
-        assert!(matches!(read(&[3, 0x21, 0, 0], C::Connect), Err(DecodeError::ProtocolError(_))));
-        assert!(matches!(read(&[2, 0x01, 2], C::Publish), Err(DecodeError::ProtocolError(_))));
-        assert!(matches!(read(&[2, 0x0B, 0], C::Publish), Err(DecodeError::ProtocolError(_))));
+        assert!(matches!(
+            read(&[3, 0x21, 0, 0], C::Connect),
+            Err(DecodeError::ProtocolError(_))
+        ));
+        assert!(matches!(
+            read(&[2, 0x01, 2], C::Publish),
+            Err(DecodeError::ProtocolError(_))
+        ));
+        assert!(matches!(
+            read(&[2, 0x0B, 0], C::Publish),
+            Err(DecodeError::ProtocolError(_))
+        ));
         // Property length beyond the packet, and a value cut by the property length.
-        assert!(matches!(read(&[9, 0x01, 1], C::Publish), Err(DecodeError::MalformedPacket(_))));
-        assert!(matches!(read(&[2, 0x23, 0, 1], C::Publish), Err(DecodeError::MalformedPacket(_))));
+        assert!(matches!(
+            read(&[9, 0x01, 1], C::Publish),
+            Err(DecodeError::MalformedPacket(_))
+        ));
+        assert!(matches!(
+            read(&[2, 0x23, 0, 1], C::Publish),
+            Err(DecodeError::MalformedPacket(_))
+        ));
     }
 
     #[test]
     fn encode_rejects_misplaced_and_out_of_range() {
         let mut sink = Counter::default();
-        let p = Properties { topic_alias: Some(1), ..Properties::default() };
+        let p = Properties {
+            topic_alias: Some(1),
+            ..Properties::default()
+        };
         assert_eq!(
             p.write(PropertyContext::Connect, &mut sink),
-            Err(EncodeError::PropertyNotAllowed { property: "Topic Alias", packet: "CONNECT" })
+            Err(EncodeError::PropertyNotAllowed {
+                property: "Topic Alias",
+                packet: "CONNECT"
+            })
         );
-        let p = Properties { receive_maximum: Some(0), ..Properties::default() };
+        let p = Properties {
+            receive_maximum: Some(0),
+            ..Properties::default()
+        };
         assert!(matches!(
             p.write(PropertyContext::Connect, &mut sink),
             Err(EncodeError::InvalidProperty(_))
         ));
-        let p = Properties { subscription_identifiers: vec![1, 2], ..Properties::default() };
+        let p = Properties {
+            subscription_identifiers: vec![1, 2],
+            ..Properties::default()
+        };
         assert!(matches!(
             p.write(PropertyContext::Subscribe, &mut sink),
             Err(EncodeError::InvalidProperty(_))

@@ -1,1 +1,45 @@
-//! placeholder while scaffolding
+//! Ferrite's MQTT gateway.
+//!
+//! Owns the MQTT server side: the TCP listener ([`MqttServer`]), one task per connection that
+//! speaks MQTT 3.1.1 and 5.0 (negotiated per connection), and the [`Router`] every message
+//! goes through, with its subscription tree and retained messages. Internal consumers (the
+//! store, rules, fleet state) subscribe to the router exactly like clients do
+//! ([`Router::subscribe_internal`]); publishers are acknowledged only after the durable ones
+//! settled the message.
+//!
+//! Who may connect is decided behind the [`Authenticator`] trait. The wire format is
+//! `ferrite-mqtt-codec`'s. Not yet here: persistent sessions across connections, outbound
+//! QoS 2, shared subscriptions, will delay, TLS and WebSocket transports.
+
+mod auth;
+mod config;
+mod connection;
+pub mod router;
+mod server;
+pub mod trie;
+
+use std::net::SocketAddr;
+
+pub use auth::{AnonymousLoopback, Authenticator, ConnectRequest};
+pub use config::MqttConfig;
+pub use router::{Delivery, Message, PublishOutcome, Router, Verdict};
+pub use server::{MqttServer, MqttStats};
+
+/// Errors starting the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// The listener could not be bound.
+    #[error("cannot listen for MQTT on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl ferrite_core::Classify for MqttError {
+    fn kind(&self) -> ferrite_core::ErrorKind {
+        ferrite_core::ErrorKind::Unavailable
+    }
+}

@@ -1,1 +1,219 @@
-//! placeholder while scaffolding
+//! Ferrite's composition root.
+//!
+//! Owns startup and shutdown of the whole system from one [`Config`]: opens the store
+//! (replaying its WAL), builds the router, subscribes the telemetry consumer to it, starts the
+//! MQTT gateway and the HTTP API, and on [`Server::shutdown`] stops them in the order that
+//! loses nothing (listeners first, then the consumer drains, then the store's last group
+//! commit). The binary, the end-to-end tests and the benchmarks all start Ferrite through
+//! [`Server::start`].
+//!
+//! Also owns configuration loading ([`config`]). Holds no domain logic of its own.
+
+pub mod config;
+mod ingest;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ferrite_api::ApiState;
+use ferrite_core::{Clock, SystemClock, TelemetryTopic, TopicFilter};
+use ferrite_mqtt::{AnonymousLoopback, MqttServer, Router};
+use ferrite_query::QueryEngine;
+use ferrite_store::{ReplayReport, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ConfigErrors, ConfigSources};
+pub use ingest::IngestStats;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data folder could not be created.
+    #[error("cannot create the data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] ferrite_store::StoreError),
+    /// The query engine could not be built.
+    #[error("starting the query engine: {0}")]
+    Query(#[from] ferrite_query::QueryError),
+    /// The MQTT listener could not start.
+    #[error(transparent)]
+    Mqtt(#[from] ferrite_mqtt::MqttError),
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    HttpBind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running Ferrite.
+pub struct Server {
+    mqtt: MqttServer,
+    http_addr: SocketAddr,
+    store: Arc<Store>,
+    ingest_stats: Arc<IngestStats>,
+    replay: ReplayReport,
+    data_dir: PathBuf,
+    /// Cancelled to stop the listeners.
+    shutdown: CancellationToken,
+    /// The HTTP server task.
+    http: TaskTracker,
+    /// The ingest consumer and its per-write tasks.
+    ingest: TaskTracker,
+}
+
+impl Server {
+    /// Start everything described by `config` on the current tokio runtime.
+    pub async fn start(config: Config) -> Result<Self, ServerError> {
+        let data_dir = config::absolute(&config.data_dir);
+        std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let store_dir = data_dir.join("store");
+        let store_config = config.store.clone();
+        let (store, replay) =
+            tokio::task::spawn_blocking(move || Store::open(&store_dir, &store_config))
+                .await
+                .map_err(|e| ServerError::DataDir {
+                    path: data_dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
+        let store = Arc::new(store);
+        tracing::info!(
+            records = replay.records,
+            torn_bytes = replay.torn_bytes,
+            damaged = replay.damaged,
+            "WAL replayed"
+        );
+
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let shutdown = CancellationToken::new();
+        let router = Router::new(config.mqtt.max_retained);
+
+        let filters: Vec<TopicFilter> = TelemetryTopic::FILTERS
+            .iter()
+            .filter_map(|f| TopicFilter::new(*f).ok())
+            .collect();
+        let rx = router.subscribe_internal(&filters, config.ingest.queue, true);
+        let ingest_stats = Arc::new(IngestStats::default());
+        let ingest = TaskTracker::new();
+        ingest.spawn(ingest::run(
+            rx,
+            Arc::clone(&store),
+            Arc::clone(&ingest_stats),
+            ingest.clone(),
+        ));
+
+        let auth = Arc::new(AnonymousLoopback {
+            allow_remote: config.auth.allow_remote_anonymous,
+        });
+        let mqtt =
+            MqttServer::start(config.mqtt.clone(), router, auth, clock, shutdown.clone()).await?;
+
+        let query = Arc::new(QueryEngine::new(Arc::clone(&store), config.query.clone())?);
+        let app = ferrite_api::router(ApiState {
+            query,
+            allow_remote_anonymous: config.auth.allow_remote_anonymous,
+        });
+        let listener = TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| ServerError::HttpBind {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::HttpBind {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http = TaskTracker::new();
+        let token = shutdown.clone();
+        http.spawn(async move {
+            if let Err(e) = ferrite_api::serve(listener, app, token).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        Ok(Self {
+            mqtt,
+            http_addr,
+            store,
+            ingest_stats,
+            replay,
+            data_dir,
+            shutdown,
+            http,
+            ingest,
+        })
+    }
+
+    /// Where MQTT listens.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.mqtt.local_addr()
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The absolute data folder.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
+    /// What WAL replay found at start.
+    pub fn replay_report(&self) -> ReplayReport {
+        self.replay
+    }
+
+    /// The store (for tests and benchmarks).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Telemetry ingestion counters.
+    pub fn ingest_stats(&self) -> &Arc<IngestStats> {
+        &self.ingest_stats
+    }
+
+    /// MQTT gateway counters.
+    pub fn mqtt_stats(&self) -> &Arc<ferrite_mqtt::MqttStats> {
+        self.mqtt.stats()
+    }
+
+    /// A token that stops the server when cancelled (for signal handlers).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stop accepting, close every connection, let queued telemetry finish its group commit,
+    /// and close the store. Everything acknowledged before this returns is on disk.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.mqtt.wait().await;
+        self.http.close();
+        self.http.wait().await;
+        // Connections are gone; the router (held by them and the gateway) is dropped with the
+        // MqttServer, which ends the ingest consumer's subscription.
+        drop(self.mqtt);
+        self.ingest.close();
+        self.ingest.wait().await;
+        let store = Arc::clone(&self.store);
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        tracing::info!("stopped");
+    }
+}

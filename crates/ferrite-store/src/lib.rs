@@ -229,8 +229,15 @@ impl Store {
     /// Stop taking writes, let the writer finish every queued write, and wait for it.
     /// Blocking: call from a blocking context.
     pub fn close(&self) {
-        self.tx.write().unwrap_or_else(PoisonError::into_inner).take();
-        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.tx
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(h) = handle
             && h.join().is_err()
         {
@@ -239,7 +246,9 @@ impl Store {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Memtables> {
-        self.memtables.read().unwrap_or_else(PoisonError::into_inner)
+        self.memtables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -247,7 +256,10 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Closing the queue ends the writer after it drained; no join here (Drop may run on
         // an async worker).
-        self.tx.write().unwrap_or_else(PoisonError::into_inner).take();
+        self.tx
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 }
 
@@ -309,8 +321,12 @@ fn run_writer(
         match appended.and_then(|()| wal.commit()) {
             Ok(bytes) => {
                 counters.commits.fetch_add(1, Ordering::Relaxed);
-                counters.wal_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                counters.writes.fetch_add(dones.len() as u64, Ordering::Relaxed);
+                counters
+                    .wal_bytes
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+                counters
+                    .writes
+                    .fetch_add(dones.len() as u64, Ordering::Relaxed);
                 {
                     let mut mem = memtables.write().unwrap_or_else(PoisonError::into_inner);
                     for rec in records {

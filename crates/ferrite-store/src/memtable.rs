@@ -59,7 +59,8 @@ impl Table {
                 k
             }
         };
-        self.rows.insert((tags, point.time.as_nanos()), point.fields);
+        self.rows
+            .insert((tags, point.time.as_nanos()), point.fields);
     }
 
     fn schema(&self) -> SchemaRef {
@@ -92,7 +93,8 @@ impl Table {
         while rows.peek().is_some() {
             let chunk: Vec<_> = rows.by_ref().take(BATCH_ROWS).collect();
             let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-            let mut time = TimestampNanosecondBuilder::with_capacity(chunk.len()).with_timezone("UTC");
+            let mut time =
+                TimestampNanosecondBuilder::with_capacity(chunk.len()).with_timezone("UTC");
             for ((_, t), _) in &chunk {
                 time.append_value(*t);
             }
@@ -169,7 +171,11 @@ pub(crate) struct Memtables {
 impl Memtables {
     /// Check that every point fits its table's schema (and the types of writes accepted
     /// earlier in the same group commit); on success record the new field types in `pending`.
-    pub(crate) fn check(&self, points: &[Point], pending: &mut PendingTypes) -> Result<(), PayloadError> {
+    pub(crate) fn check(
+        &self,
+        points: &[Point],
+        pending: &mut PendingTypes,
+    ) -> Result<(), PayloadError> {
         let mut new = Vec::new();
         for p in points {
             let table = self.tables.get(&p.measurement);
@@ -202,9 +208,9 @@ impl Memtables {
     pub(crate) fn apply(&mut self, points: Vec<Point>) {
         for p in points {
             let fits = self.tables.get(&p.measurement).is_none_or(|t| {
-                p.fields.iter().all(|(n, v)| {
-                    t.field_types.get(n).is_none_or(|ty| *ty == v.value_type())
-                })
+                p.fields
+                    .iter()
+                    .all(|(n, v)| t.field_types.get(n).is_none_or(|ty| *ty == v.value_type()))
             });
             if !fits {
                 tracing::error!(measurement = %p.measurement, "point conflicts with its table's schema; skipped");
@@ -226,7 +232,10 @@ impl Memtables {
         self.tables.get(&m).map(Table::schema)
     }
 
-    pub(crate) fn snapshot(&self, table: &str) -> Option<Result<(SchemaRef, Vec<RecordBatch>), ArrowError>> {
+    pub(crate) fn snapshot(
+        &self,
+        table: &str,
+    ) -> Option<Result<(SchemaRef, Vec<RecordBatch>), ArrowError>> {
         let m = Measurement::new(table).ok()?;
         self.tables.get(&m).map(Table::to_batches)
     }

@@ -62,12 +62,15 @@ impl WalWriter {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
         let buf = std::mem::take(&mut self.buf);
-        let mut buf = postcard::to_extend(record, buf).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let mut buf =
+            postcard::to_extend(record, buf).map_err(|e| StoreError::Encode(e.to_string()))?;
         let payload_len = buf.len() - start - RECORD_HEADER_LEN;
         let len = u32::try_from(payload_len)
             .ok()
             .filter(|l| *l <= MAX_RECORD_LEN)
-            .ok_or_else(|| StoreError::Encode(format!("record of {payload_len} bytes is too large")))?;
+            .ok_or_else(|| {
+                StoreError::Encode(format!("record of {payload_len} bytes is too large"))
+            })?;
         let crc = crc32fast::hash(&buf[start + RECORD_HEADER_LEN..]);
         buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
         buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -232,7 +235,9 @@ fn replay_segment(
             path,
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("WAL format version {version} is not supported (this build reads {VERSION})"),
+                format!(
+                    "WAL format version {version} is not supported (this build reads {VERSION})"
+                ),
             ),
         ));
     }

@@ -38,7 +38,12 @@ async fn written_points_survive_reopen() {
         for i in 0..500 {
             pending.push(
                 store
-                    .submit(vec![point(&format!("d{}", i % 7), i, "t", Value::F64(i as f64))])
+                    .submit(vec![point(
+                        &format!("d{}", i % 7),
+                        i,
+                        "t",
+                        Value::F64(i as f64),
+                    )])
                     .await
                     .unwrap(),
             );
@@ -64,11 +69,19 @@ async fn torn_tail_is_cut_and_earlier_records_kept() {
     {
         let store = open(dir.path());
         for i in 0..3 {
-            store.write(vec![point("d1", i, "t", Value::F64(1.0))]).await.unwrap();
+            store
+                .write(vec![point("d1", i, "t", Value::F64(1.0))])
+                .await
+                .unwrap();
         }
         store.close();
     }
-    let seg = std::fs::read_dir(dir.path().join("wal")).unwrap().next().unwrap().unwrap().path();
+    let seg = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
     // Half a record header and some garbage: what a crash mid-write leaves.
     f.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
@@ -80,7 +93,10 @@ async fn torn_tail_is_cut_and_earlier_records_kept() {
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), len_before - 7);
     assert_eq!(rows(&store), 3);
     // And the log keeps working after the cut.
-    store.write(vec![point("d1", 10, "t", Value::F64(1.0))]).await.unwrap();
+    store
+        .write(vec![point("d1", 10, "t", Value::F64(1.0))])
+        .await
+        .unwrap();
     store.close();
     drop(store);
     let (store, report) = Store::open(dir.path(), &StoreConfig::default()).unwrap();
@@ -93,11 +109,22 @@ async fn corrupted_record_in_tail_is_cut() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());
-        store.write(vec![point("d1", 1, "t", Value::F64(1.0))]).await.unwrap();
-        store.write(vec![point("d1", 2, "t", Value::F64(2.0))]).await.unwrap();
+        store
+            .write(vec![point("d1", 1, "t", Value::F64(1.0))])
+            .await
+            .unwrap();
+        store
+            .write(vec![point("d1", 2, "t", Value::F64(2.0))])
+            .await
+            .unwrap();
         store.close();
     }
-    let seg = std::fs::read_dir(dir.path().join("wal")).unwrap().next().unwrap().unwrap().path();
+    let seg = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let mut bytes = std::fs::read(&seg).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -112,7 +139,10 @@ async fn corrupted_record_in_tail_is_cut() {
 async fn type_conflict_rejects_whole_write_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.write(vec![point("d1", 1, "t", Value::F64(1.0))]).await.unwrap();
+    store
+        .write(vec![point("d1", 1, "t", Value::F64(1.0))])
+        .await
+        .unwrap();
     let mut bad = point("d1", 2, "ok_field", Value::F64(2.0));
     bad.fields.insert("t".into(), Value::Str("hot".into()));
     let err = store.write(vec![bad]).await.unwrap_err();
@@ -129,8 +159,14 @@ async fn type_conflict_rejects_whole_write_and_changes_nothing() {
 async fn conflict_within_one_group_commit_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let a = store.submit(vec![point("d1", 1, "new", Value::F64(1.0))]).await.unwrap();
-    let b = store.submit(vec![point("d2", 1, "new", Value::Bool(true))]).await.unwrap();
+    let a = store
+        .submit(vec![point("d1", 1, "new", Value::F64(1.0))])
+        .await
+        .unwrap();
+    let b = store
+        .submit(vec![point("d2", 1, "new", Value::Bool(true))])
+        .await
+        .unwrap();
     let (a, b) = (a.wait().await, b.wait().await);
     assert_eq!(
         a.is_ok() as u8 + b.is_ok() as u8,
@@ -144,14 +180,33 @@ async fn conflict_within_one_group_commit_is_caught() {
 async fn same_series_and_time_last_write_wins() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.write(vec![point("d1", 5, "t", Value::F64(1.0))]).await.unwrap();
-    store.write(vec![point("d1", 5, "t", Value::F64(2.0))]).await.unwrap();
-    store.write(vec![point("d2", 5, "t", Value::F64(3.0))]).await.unwrap();
+    store
+        .write(vec![point("d1", 5, "t", Value::F64(1.0))])
+        .await
+        .unwrap();
+    store
+        .write(vec![point("d1", 5, "t", Value::F64(2.0))])
+        .await
+        .unwrap();
+    store
+        .write(vec![point("d2", 5, "t", Value::F64(3.0))])
+        .await
+        .unwrap();
     let snap = store.snapshot("telemetry").unwrap().unwrap();
     let b = &snap.batches[0];
     assert_eq!(b.num_rows(), 2);
-    let dev = b.column_by_name("device_id").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
-    let t = b.column_by_name("t").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+    let dev = b
+        .column_by_name("device_id")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let t = b
+        .column_by_name("t")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
     assert_eq!((dev.value(0), t.value(0)), ("d1", 2.0));
     assert_eq!((dev.value(1), t.value(1)), ("d2", 3.0));
 }
@@ -162,7 +217,9 @@ async fn writes_after_close_are_refused() {
     let store = open(dir.path());
     store.close();
     assert!(matches!(
-        store.write(vec![point("d1", 1, "t", Value::F64(1.0))]).await,
+        store
+            .write(vec![point("d1", 1, "t", Value::F64(1.0))])
+            .await,
         Err(StoreError::ShuttingDown)
     ));
 }

@@ -100,9 +100,10 @@ fn parse_ts(v: &Json) -> Result<Timestamp, PayloadError> {
                     .map(Timestamp::from_nanos)
                     .ok_or_else(|| PayloadError::BadTimestamp(format!("{i} is out of range")));
             }
-            let f = n.as_f64().filter(|f| f.is_finite()).ok_or_else(|| {
-                PayloadError::BadTimestamp(format!("{n} is not a finite number"))
-            })?;
+            let f = n
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| PayloadError::BadTimestamp(format!("{n} is not a finite number")))?;
             let abs = f.abs();
             let ns = if abs < SECONDS_BELOW {
                 f * 1e9
@@ -180,7 +181,10 @@ mod tests {
             dec(r#"{"a": {"b": 1}}"#),
             Err(PayloadError::NotScalar { .. })
         ));
-        assert!(matches!(dec(r#"{"a": [1]}"#), Err(PayloadError::NotScalar { .. })));
+        assert!(matches!(
+            dec(r#"{"a": [1]}"#),
+            Err(PayloadError::NotScalar { .. })
+        ));
         assert!(matches!(
             dec(r#"{"device_id": "x", "v": 1}"#),
             Err(PayloadError::BadFieldName { .. })

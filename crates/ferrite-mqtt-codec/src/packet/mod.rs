@@ -15,6 +15,7 @@ mod subscribe;
 
 use bytes::BytesMut;
 
+pub(crate) use self::ack::AckKind;
 pub use self::ack::PubAck;
 pub use self::auth::Auth;
 pub use self::connack::ConnAck;
@@ -22,7 +23,6 @@ pub use self::connect::{Connect, Will};
 pub use self::disconnect::Disconnect;
 pub use self::publish::Publish;
 pub use self::subscribe::{SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
-pub(crate) use self::ack::AckKind;
 
 use crate::error::{DecodeError, EncodeError};
 use crate::primitives::{Counter, MAX_VARINT, Sink, varint_len, write_varint};
@@ -49,6 +49,11 @@ pub(crate) mod kind {
 
 /// One MQTT control packet, in either protocol version.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "plain structs keep construction and matching simple; a packet lives briefly \
+              between the socket and the session, so its size is not worth a Box per CONNECT"
+)]
 pub enum Packet {
     /// CONNECT (client to server).
     Connect(Connect),
@@ -174,10 +179,10 @@ impl Packet {
             Self::Connect(p) => p.write_body(v, s),
             Self::ConnAck(p) => p.write_body(v, s),
             Self::Publish(p) => p.write_body(v, s),
-            Self::PubAck(p) => p.write_body(AckKind::PubAck, v, s),
-            Self::PubRec(p) => p.write_body(AckKind::PubRec, v, s),
-            Self::PubRel(p) => p.write_body(AckKind::PubRel, v, s),
-            Self::PubComp(p) => p.write_body(AckKind::PubComp, v, s),
+            Self::PubAck(p) => p.write_body(AckKind::Ack, v, s),
+            Self::PubRec(p) => p.write_body(AckKind::Rec, v, s),
+            Self::PubRel(p) => p.write_body(AckKind::Rel, v, s),
+            Self::PubComp(p) => p.write_body(AckKind::Comp, v, s),
             Self::Subscribe(p) => p.write_body(v, s),
             Self::SubAck(p) => p.write_body(v, s),
             Self::Unsubscribe(p) => p.write_body(v, s),

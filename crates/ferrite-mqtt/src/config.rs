@@ -1,0 +1,79 @@
+//! `[mqtt]` settings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// MQTT listener and session limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// TCP address of the MQTT listener (MQTT 3.1.1 and 5.0 on the same port).
+    pub listen: SocketAddr,
+    /// Connections beyond this wait in the OS backlog until one closes.
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, in bytes; larger packets close the connection
+    /// (MQTT 5 reason 0x95).
+    pub max_packet_size: u32,
+    /// QoS 1/2 publishes a client may have unacknowledged at once (MQTT 5 Receive Maximum).
+    /// Reading from a client pauses while this many are waiting for the store.
+    pub receive_maximum: u16,
+    /// Deliveries queued per connected session; when full, further deliveries to that
+    /// session are dropped and counted.
+    pub session_queue: usize,
+    /// Longest keep-alive granted; clients asking for more (or for none, in MQTT 5) are told
+    /// this value as Server Keep Alive.
+    #[serde(with = "humantime_serde")]
+    pub max_keep_alive: Duration,
+    /// Time a new connection has to send CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Topic aliases a MQTT 5 client may use when publishing.
+    pub topic_alias_maximum: u16,
+    /// Retained messages kept; retained publishes to new topics beyond this are not retained
+    /// (counted), updates and clears of existing ones always are.
+    pub max_retained: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_connections: 100_000,
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 1024,
+            session_queue: 1000,
+            max_keep_alive: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(10),
+            topic_alias_maximum: 64,
+            max_retained: 100_000,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Problems with these settings, all of them.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.max_connections == 0 {
+            errs.push("mqtt.max_connections must be at least 1".to_owned());
+        }
+        if !(64..=268_435_460).contains(&self.max_packet_size) {
+            errs.push("mqtt.max_packet_size must be between 64 and 268435460 bytes".to_owned());
+        }
+        if self.receive_maximum == 0 {
+            errs.push("mqtt.receive_maximum must be at least 1".to_owned());
+        }
+        if self.session_queue == 0 {
+            errs.push("mqtt.session_queue must be at least 1".to_owned());
+        }
+        if self.max_keep_alive.is_zero() || self.max_keep_alive > Duration::from_secs(65_535) {
+            errs.push("mqtt.max_keep_alive must be between 1s and 65535s".to_owned());
+        }
+        if self.connect_timeout.is_zero() {
+            errs.push("mqtt.connect_timeout must be more than 0s".to_owned());
+        }
+        errs
+    }
+}

@@ -1,0 +1,802 @@
+//! One client connection: read CONNECT, authenticate, then run the session loop that decodes
+//! packets, routes publishes, acknowledges them once the router's durable consumers settled
+//! them (in the order received, as MQTT requires), and delivers subscribed messages.
+//!
+//! The loop owns the socket; nothing else writes to it. It stops reading while
+//! `receive_maximum` publishes await their verdict, which is how store backpressure reaches a
+//! publishing client.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferrite_core::{TopicFilter, TopicName};
+use ferrite_mqtt_codec::{
+    ConnAck, Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion,
+    PubAck, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::ConnectRequest;
+use crate::router::{Message, Outgoing, PublishOutcome, SessionHandle, SubscribeOptions, Verdict};
+use crate::server::Shared;
+
+/// Longest client identifier accepted (MQTT requires servers to accept 23; more is allowed).
+const MAX_CLIENT_ID_LEN: usize = 256;
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum Exit {
+    /// The client sent DISCONNECT; `publish_will` for MQTT 5 reason 0x04.
+    ClientDisconnect { publish_will: bool },
+    /// The socket closed or failed without DISCONNECT.
+    Lost,
+    /// We close it, telling an MQTT 5 client why.
+    Close(ReasonCode, &'static str),
+    /// Server shutdown.
+    Shutdown,
+    /// Another connection took over this client id.
+    TakenOver,
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = (InboundAck, PublishOutcome)> + Send>>;
+
+/// What to send once a publish is settled.
+#[derive(Debug, Clone, Copy)]
+enum InboundAck {
+    None,
+    PubAck(u16),
+    PubRec(u16),
+}
+
+/// Serve one connection until it ends. Never panics on input.
+pub(crate) async fn serve<S>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut decoder = Decoder::new(shared.config.max_packet_size);
+    let connect = tokio::select! {
+        r = tokio::time::timeout(shared.config.connect_timeout, read_connect(&mut stream, &mut rbuf, &mut decoder)) => r,
+        () = shared.shutdown.cancelled() => return,
+    };
+    let connect = match connect {
+        Ok(Ok(c)) => c,
+        Ok(Err(ConnectFailure::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
+            tracing::debug!(%peer, level, "unsupported MQTT protocol level");
+            shared
+                .stats
+                .connects_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let ack = Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                properties: Properties::default(),
+            });
+            let _ = write_packet(&mut stream, &ack, ProtocolVersion::V311).await;
+            return;
+        }
+        Ok(Err(ConnectFailure::Decode(e))) => {
+            tracing::debug!(%peer, error = %e, "malformed CONNECT");
+            shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Ok(Err(ConnectFailure::Io)) => return,
+        Err(_elapsed) => {
+            tracing::debug!(%peer, "no CONNECT within connect_timeout");
+            return;
+        }
+    };
+    let version = connect.protocol;
+    let mut session = match accept(&mut stream, connect, peer, &shared).await {
+        Some(s) => s,
+        None => return,
+    };
+    let exit = session
+        .run(&mut stream, &mut rbuf, &mut decoder, &shared)
+        .await;
+    session.finish(&mut stream, exit, version, &shared).await;
+}
+
+enum ConnectFailure {
+    Decode(DecodeError),
+    Io,
+}
+
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Connect, ConnectFailure> {
+    loop {
+        match decoder.decode(rbuf) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            // The decoder accepts only CONNECT before a version is known.
+            Ok(Some(_)) => {
+                return Err(ConnectFailure::Decode(DecodeError::ProtocolError(
+                    "first packet must be CONNECT",
+                )));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ConnectFailure::Decode(e)),
+        }
+        match stream.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(ConnectFailure::Io),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_packet<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    packet: &Packet,
+    version: ProtocolVersion,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    if let Err(e) = packet.encode(version, &mut buf) {
+        tracing::error!(error = %e, packet = packet.packet_type_name(), "cannot encode packet");
+        return Ok(());
+    }
+    stream.write_all(&buf).await?;
+    stream.flush().await
+}
+
+/// Validate CONNECT, authenticate, take over an existing session, send CONNACK.
+async fn accept<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    connect: Connect,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Option<Session> {
+    let version = connect.protocol;
+    let refuse = |code: ReasonCode| {
+        Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: code,
+            properties: Properties::default(),
+        })
+    };
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        if version == ProtocolVersion::V311 && !connect.clean_start {
+            shared
+                .stats
+                .connects_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = write_packet(
+                stream,
+                &refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID),
+                version,
+            )
+            .await;
+            return None;
+        }
+        let id = format!(
+            "ferrite-{:016x}",
+            shared.next_connection_id() ^ shared.clock.now().as_nanos() as u64
+        );
+        assigned = Some(id.clone());
+        id.into()
+    } else if connect.client_id.len() > MAX_CLIENT_ID_LEN {
+        shared
+            .stats
+            .connects_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = write_packet(
+            stream,
+            &refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID),
+            version,
+        )
+        .await;
+        return None;
+    } else {
+        connect.client_id.as_str().into()
+    };
+    let request = ConnectRequest {
+        client_id: &client_id,
+        username: connect.username.as_deref(),
+        password: connect.password.as_deref(),
+        peer,
+    };
+    if let Err(code) = shared.auth.authenticate(&request) {
+        tracing::info!(%peer, client_id = %client_id, reason = %code, "connection refused");
+        shared
+            .stats
+            .connects_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = write_packet(stream, &refuse(code), version).await;
+        return None;
+    }
+    let will = match connect
+        .will
+        .map(|w| TopicName::new(w.topic.clone()).map(|t| (t, w)))
+    {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            tracing::debug!(%peer, client_id = %client_id, error = %e, "invalid will topic");
+            let _ = write_packet(stream, &refuse(ReasonCode::TOPIC_NAME_INVALID), version).await;
+            return None;
+        }
+    };
+
+    // Keep-alive: cap it; an MQTT 5 client is told the value it must use.
+    let max_keep_alive = u16::try_from(shared.config.max_keep_alive.as_secs()).unwrap_or(u16::MAX);
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if version == ProtocolVersion::V5 && (keep_alive == 0 || keep_alive > max_keep_alive) {
+        keep_alive = max_keep_alive;
+        server_keep_alive = Some(max_keep_alive);
+    }
+
+    let takeover = CancellationToken::new();
+    let conn_id = shared.next_connection_id();
+    if let Some(old) = shared.register_client(&client_id, conn_id, takeover.clone()) {
+        tracing::info!(client_id = %client_id, "session taken over by a new connection");
+        old.cancel();
+    }
+
+    let mut properties = Properties::default();
+    if version == ProtocolVersion::V5 {
+        properties.receive_maximum = Some(shared.config.receive_maximum);
+        properties.maximum_packet_size = Some(shared.config.max_packet_size);
+        properties.topic_alias_maximum = Some(shared.config.topic_alias_maximum);
+        properties.retain_available = Some(1);
+        properties.wildcard_subscription_available = Some(1);
+        properties.subscription_identifier_available = Some(1);
+        properties.shared_subscription_available = Some(0);
+        properties.assigned_client_identifier = assigned;
+        properties.server_keep_alive = server_keep_alive;
+    }
+    // Sessions are not kept across connections yet, so a session is never present.
+    let ack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: ReasonCode::SUCCESS,
+        properties,
+    });
+    if write_packet(stream, &ack, version).await.is_err() {
+        shared.unregister_client(&client_id, conn_id);
+        return None;
+    }
+    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, client_id = %client_id, ?version, "client connected");
+
+    let (tx, out_rx) = mpsc::channel(shared.config.session_queue);
+    let handle = shared.router.register_session(Arc::clone(&client_id), tx);
+    let client_receive_max = connect
+        .properties
+        .receive_maximum
+        .unwrap_or(u16::MAX)
+        .max(1);
+    Some(Session {
+        version,
+        client_id,
+        conn_id,
+        peer,
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        handle,
+        out_rx,
+        takeover,
+        pending: FuturesOrdered::new(),
+        inflight_in: 0,
+        awaiting_rel: HashSet::new(),
+        inflight_out: HashMap::new(),
+        backlog: VecDeque::new(),
+        next_packet_id: 1,
+        client_receive_max,
+        client_max_packet: connect.properties.maximum_packet_size,
+        aliases: HashMap::new(),
+        will,
+        wbuf: BytesMut::with_capacity(4096),
+    })
+}
+
+struct Session {
+    version: ProtocolVersion,
+    client_id: Arc<str>,
+    /// Distinguishes this connection from a later one with the same client id.
+    conn_id: u64,
+    peer: SocketAddr,
+    /// 1.5 × the negotiated keep-alive; `None` when the client disabled it (MQTT 3.1.1).
+    keep_alive: Option<Duration>,
+    /// Our subscriptions in the router; dropping it unsubscribes everything.
+    handle: SessionHandle,
+    /// Deliveries from the router (bounded: `mqtt.session_queue`).
+    out_rx: mpsc::Receiver<Outgoing>,
+    /// Cancelled when another connection takes over the client id.
+    takeover: CancellationToken,
+    /// Publishes waiting for their verdict, in arrival order (acks go out in that order).
+    pending: FuturesOrdered<AckFuture>,
+    /// QoS 1/2 publishes received and not yet acknowledged.
+    inflight_in: usize,
+    /// QoS 2 packet ids between our PUBREC and the client's PUBREL.
+    awaiting_rel: HashSet<u16>,
+    /// QoS 1 deliveries sent and not yet PUBACKed.
+    inflight_out: HashMap<u16, Outgoing>,
+    /// Retained messages to send after a SUBACK, ahead of live deliveries.
+    backlog: VecDeque<Outgoing>,
+    next_packet_id: u16,
+    client_receive_max: u16,
+    client_max_packet: Option<u32>,
+    /// MQTT 5 topic aliases the client set when publishing.
+    aliases: HashMap<u16, TopicName>,
+    will: Option<(TopicName, ferrite_mqtt_codec::Will)>,
+    /// Encoded packets waiting to be written.
+    wbuf: BytesMut,
+}
+
+impl Session {
+    async fn run<S>(
+        &mut self,
+        stream: &mut S,
+        rbuf: &mut BytesMut,
+        decoder: &mut Decoder,
+        shared: &Arc<Shared>,
+    ) -> Exit
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let max_pending = usize::from(shared.config.receive_maximum) + 64;
+        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        loop {
+            // Decode everything already buffered, unless too many publishes are pending.
+            while self.pending.len() < max_pending {
+                match decoder.decode(rbuf) {
+                    Ok(Some(packet)) => {
+                        if let Err(exit) = self.handle_packet(packet, shared) {
+                            return exit;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(client_id = %self.client_id, error = %e, "malformed packet; closing");
+                        return Exit::Close(e.reason_code(), "malformed packet");
+                    }
+                }
+            }
+            self.fill_deliveries(shared);
+            if !self.wbuf.is_empty() {
+                if stream.write_all(&self.wbuf).await.is_err() || stream.flush().await.is_err() {
+                    return Exit::Lost;
+                }
+                self.wbuf.clear();
+            }
+            let can_read = self.pending.len() < max_pending;
+            let can_deliver = self.backlog.is_empty()
+                && self.inflight_out.len() < usize::from(self.client_receive_max);
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return Exit::Shutdown,
+                () = self.takeover.cancelled() => return Exit::TakenOver,
+                Some((ack, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Err(exit) = self.settled(ack, outcome, shared) {
+                        return exit;
+                    }
+                }
+                Some(out) = self.out_rx.recv(), if can_deliver => self.deliver(out, shared),
+                read = stream.read_buf(rbuf), if can_read => match read {
+                    Ok(0) | Err(_) => return Exit::Lost,
+                    Ok(_) => deadline = self.keep_alive.map(|k| Instant::now() + k),
+                },
+                () = sleep_until(deadline) => {
+                    tracing::debug!(client_id = %self.client_id, "keep-alive expired");
+                    return Exit::Close(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        if let Err(e) = packet.encode(self.version, &mut self.wbuf) {
+            tracing::error!(client_id = %self.client_id, error = %e, packet = packet.packet_type_name(), "cannot encode packet");
+        }
+    }
+
+    fn handle_packet(&mut self, packet: Packet, shared: &Arc<Shared>) -> Result<(), Exit> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, shared),
+            Packet::PubAck(a) => {
+                self.inflight_out.remove(&a.packet_id);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                let reason = if self.awaiting_rel.remove(&r.packet_id) {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.send(&Packet::PubComp(PubAck {
+                    packet_id: r.packet_id,
+                    reason_code: reason,
+                    properties: Properties::default(),
+                }));
+                Ok(())
+            }
+            // We never send QoS 2, so PUBREC/PUBCOMP from a client refer to nothing.
+            Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
+            Packet::Subscribe(s) => {
+                self.on_subscribe(s, shared);
+                Ok(())
+            }
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => Err(Exit::ClientDisconnect {
+                publish_will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL,
+            }),
+            Packet::Auth(_) => Err(Exit::Close(
+                ReasonCode::PROTOCOL_ERROR,
+                "enhanced authentication is not supported",
+            )),
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => Err(Exit::Close(
+                ReasonCode::PROTOCOL_ERROR,
+                "packet not allowed from a client",
+            )),
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish, shared: &Arc<Shared>) -> Result<(), Exit> {
+        // Resolve MQTT 5 topic aliases.
+        let topic = match p.properties.topic_alias {
+            Some(alias) => {
+                if alias == 0 || alias > shared.config.topic_alias_maximum {
+                    return Err(Exit::Close(
+                        ReasonCode::TOPIC_ALIAS_INVALID,
+                        "topic alias out of range",
+                    ));
+                }
+                if p.topic.is_empty() {
+                    match self.aliases.get(&alias) {
+                        Some(t) => t.clone(),
+                        None => {
+                            return Err(Exit::Close(
+                                ReasonCode::PROTOCOL_ERROR,
+                                "unknown topic alias",
+                            ));
+                        }
+                    }
+                } else {
+                    let t = parse_topic(&p.topic)?;
+                    self.aliases.insert(alias, t.clone());
+                    t
+                }
+            }
+            None => parse_topic(&p.topic)?,
+        };
+        let ack = match (p.qos, p.packet_id) {
+            (QoS::AtMostOnce, _) => InboundAck::None,
+            (QoS::AtLeastOnce, Some(id)) => InboundAck::PubAck(id),
+            (QoS::ExactlyOnce, Some(id)) => {
+                if self.awaiting_rel.contains(&id) {
+                    // A resend of a QoS 2 publish we already took: acknowledge, don't route.
+                    self.send(&Packet::PubRec(PubAck {
+                        packet_id: id,
+                        reason_code: ReasonCode::SUCCESS,
+                        properties: Properties::default(),
+                    }));
+                    return Ok(());
+                }
+                InboundAck::PubRec(id)
+            }
+            (_, None) => {
+                return Err(Exit::Close(
+                    ReasonCode::PROTOCOL_ERROR,
+                    "missing packet identifier",
+                ));
+            }
+        };
+        if !matches!(ack, InboundAck::None) {
+            if self.version == ProtocolVersion::V5
+                && self.inflight_in >= usize::from(shared.config.receive_maximum)
+            {
+                return Err(Exit::Close(
+                    ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+                    "receive maximum exceeded",
+                ));
+            }
+            self.inflight_in += 1;
+        }
+        let mut properties = p.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        let message = Message {
+            topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            publisher: Arc::clone(&self.client_id),
+            received_at: shared.clock.now(),
+        };
+        shared.stats.publishes_in.fetch_add(1, Ordering::Relaxed);
+        let router = shared.router.clone();
+        self.pending.push_back(Box::pin(
+            async move { (ack, router.publish(message).await) },
+        ));
+        Ok(())
+    }
+
+    /// A publish got its verdict: send PUBACK/PUBREC.
+    fn settled(
+        &mut self,
+        ack: InboundAck,
+        outcome: PublishOutcome,
+        shared: &Arc<Shared>,
+    ) -> Result<(), Exit> {
+        let (reason, reason_string) = match outcome.verdict {
+            Verdict::Accepted if outcome.matched == 0 => {
+                (ReasonCode::NO_MATCHING_SUBSCRIBERS, None)
+            }
+            Verdict::Accepted => (ReasonCode::SUCCESS, None),
+            Verdict::Rejected(code, why) => {
+                shared
+                    .stats
+                    .publishes_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                (code, Some(why))
+            }
+        };
+        let (packet_id, is_rec) = match ack {
+            InboundAck::None => return Ok(()),
+            InboundAck::PubAck(id) => (id, false),
+            InboundAck::PubRec(id) => (id, true),
+        };
+        self.inflight_in = self.inflight_in.saturating_sub(1);
+        if self.version == ProtocolVersion::V311 && reason.is_error() && !is_permanent(reason) {
+            // MQTT 3.1.1 cannot say "not stored": close without acknowledging, so the client
+            // resends later. Permanent refusals (bad payload) are acknowledged instead, so a
+            // poison message is not retried forever; they are counted and logged.
+            return Err(Exit::Close(reason, "publish could not be accepted"));
+        }
+        let mut properties = Properties::default();
+        if self.version == ProtocolVersion::V5 {
+            properties.reason_string = reason_string;
+        }
+        let ack = PubAck {
+            packet_id,
+            reason_code: if self.version == ProtocolVersion::V5 {
+                reason
+            } else {
+                ReasonCode::SUCCESS
+            },
+            properties,
+        };
+        if is_rec {
+            if !reason.is_error() {
+                self.awaiting_rel.insert(packet_id);
+            }
+            self.send(&Packet::PubRec(ack));
+        } else {
+            self.send(&Packet::PubAck(ack));
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe, shared: &Arc<Shared>) {
+        let subscription_id = s.properties.subscription_identifiers.first().copied();
+        let mut reason_codes = Vec::with_capacity(s.filters.len());
+        for (filter, options) in s.filters {
+            if filter.starts_with("$share/") {
+                reason_codes.push(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+                continue;
+            }
+            let filter = match TopicFilter::new(filter) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(client_id = %self.client_id, error = %e, "invalid topic filter");
+                    reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            // Deliveries to clients go out at QoS 0 or 1.
+            let granted = options.qos.min(QoS::AtLeastOnce);
+            let existed = self.handle.subscribe(
+                &filter,
+                SubscribeOptions {
+                    qos: granted,
+                    no_local: options.no_local,
+                    retain_as_published: options.retain_as_published,
+                    subscription_id,
+                },
+            );
+            reason_codes.push(ReasonCode(granted as u8));
+            let send_retained = match options.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            if send_retained {
+                for message in shared.router.retained_matching(&filter) {
+                    self.backlog.push_back(Outgoing {
+                        qos: message.qos.min(granted),
+                        retain: true,
+                        subscription_ids: subscription_id.into_iter().collect(),
+                        message,
+                    });
+                }
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reason_codes,
+            properties: Properties::default(),
+        }));
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let reason_codes = u
+            .filters
+            .into_iter()
+            .map(|f| match TopicFilter::new(f) {
+                Ok(f) if self.handle.unsubscribe(&f) => ReasonCode::SUCCESS,
+                Ok(_) => ReasonCode::NO_SUBSCRIPTION_EXISTED,
+                Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+            })
+            .collect();
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes,
+            properties: Properties::default(),
+        }));
+    }
+
+    /// Move retained backlog into the write buffer while the client's receive window allows.
+    fn fill_deliveries(&mut self, shared: &Arc<Shared>) {
+        while self.inflight_out.len() < usize::from(self.client_receive_max) {
+            let Some(out) = self.backlog.pop_front() else {
+                break;
+            };
+            self.deliver(out, shared);
+        }
+    }
+
+    fn deliver(&mut self, out: Outgoing, shared: &Arc<Shared>) {
+        let message = &out.message;
+        let mut properties = message.properties.clone();
+        if let Some(expiry) = properties.message_expiry_interval {
+            let age_ns = shared.clock.now().as_nanos() - message.received_at.as_nanos();
+            let age = u32::try_from(age_ns.max(0) / 1_000_000_000).unwrap_or(u32::MAX);
+            if age >= expiry {
+                return;
+            }
+            properties.message_expiry_interval = Some(expiry - age);
+        }
+        if self.version == ProtocolVersion::V5 {
+            properties.subscription_identifiers = out.subscription_ids.clone();
+        } else {
+            properties = Properties::default();
+        }
+        let packet_id = match out.qos {
+            QoS::AtMostOnce => None,
+            _ => Some(self.next_free_packet_id()),
+        };
+        let packet = Packet::Publish(Publish {
+            dup: false,
+            qos: out.qos,
+            retain: out.retain,
+            topic: message.topic.as_str().to_owned(),
+            packet_id,
+            properties,
+            payload: message.payload.clone(),
+        });
+        if let Some(max) = self.client_max_packet {
+            match packet.encoded_len(self.version) {
+                Ok(len) if len as u64 <= u64::from(max) => {}
+                _ => {
+                    shared
+                        .stats
+                        .dropped_too_large
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        self.send(&packet);
+        shared.stats.publishes_out.fetch_add(1, Ordering::Relaxed);
+        if let Some(id) = packet_id {
+            self.inflight_out.insert(id, out);
+        }
+    }
+
+    fn next_free_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight_out.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    async fn finish<S: AsyncWrite + Unpin>(
+        mut self,
+        stream: &mut S,
+        exit: Exit,
+        version: ProtocolVersion,
+        shared: &Arc<Shared>,
+    ) {
+        let (reason, publish_will) = match &exit {
+            Exit::ClientDisconnect { publish_will } => (None, *publish_will),
+            Exit::Lost => (None, true),
+            Exit::Close(code, _) => (Some(*code), true),
+            Exit::Shutdown => (Some(ReasonCode::SERVER_SHUTTING_DOWN), false),
+            Exit::TakenOver => (Some(ReasonCode::SESSION_TAKEN_OVER), true),
+        };
+        // Acknowledgements already settled still go out on a clean close; unsettled ones
+        // never do (the client resends them).
+        if let Some(code) = reason
+            && version == ProtocolVersion::V5
+        {
+            let mut properties = Properties::default();
+            if let Exit::Close(_, why) = &exit {
+                properties.reason_string = Some((*why).to_owned());
+            }
+            self.send(&Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties,
+            }));
+        }
+        if !self.wbuf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = stream.write_all(&self.wbuf).await;
+                let _ = stream.shutdown().await;
+            })
+            .await;
+        }
+        shared.unregister_client(&self.client_id, self.conn_id);
+        tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?exit, "client disconnected");
+        if publish_will && let Some((topic, will)) = self.will.take() {
+            let message = Message {
+                topic,
+                payload: will.payload,
+                qos: will.qos,
+                retain: will.retain,
+                properties: will.properties,
+                publisher: Arc::clone(&self.client_id),
+                received_at: shared.clock.now(),
+            };
+            shared.router.publish(message).await;
+        }
+    }
+}
+
+fn parse_topic(topic: &str) -> Result<TopicName, Exit> {
+    TopicName::new(topic)
+        .map_err(|_| Exit::Close(ReasonCode::TOPIC_NAME_INVALID, "invalid topic name"))
+}
+
+/// Refusals that resending cannot fix.
+fn is_permanent(code: ReasonCode) -> bool {
+    matches!(
+        code,
+        ReasonCode::PAYLOAD_FORMAT_INVALID
+            | ReasonCode::TOPIC_NAME_INVALID
+            | ReasonCode::NOT_AUTHORIZED
+    )
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

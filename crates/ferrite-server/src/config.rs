@@ -1,0 +1,400 @@
+//! The one configuration: defaults, then the TOML file, then `FERRITE_*` environment
+//! variables, then command-line overrides — every key at every layer. All problems are
+//! collected and reported together.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ferrite_mqtt::MqttConfig;
+use ferrite_query::QueryConfig;
+use ferrite_store::StoreConfig;
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// The commented default configuration, printed by `ferrite config generate`.
+/// A test keeps it equal to [`Config::default`].
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Environment variables that configure the process but are not config keys.
+const NON_KEY_ENV: [&str; 2] = ["FERRITE_CONFIG", "FERRITE_LOG"];
+
+/// Everything Ferrite can be configured with.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder of all state (WAL, tables, registry). Created if missing.
+    pub data_dir: PathBuf,
+    /// Access policy.
+    pub auth: AuthConfig,
+    /// MQTT gateway.
+    pub mqtt: MqttConfig,
+    /// HTTP API.
+    pub http: HttpConfig,
+    /// Telemetry ingestion from the router into the store.
+    pub ingest: IngestConfig,
+    /// Time-series store.
+    pub store: StoreConfig,
+    /// SQL queries.
+    pub query: QueryConfig,
+}
+
+/// `[auth]`: who may connect.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept MQTT clients and HTTP requests without credentials from any address, not only
+    /// from loopback. Off by default: turning it on exposes the listeners unauthenticated.
+    pub allow_remote_anonymous: bool,
+}
+
+/// `[http]`: the HTTP API listener.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// `[ingest]`: the telemetry consumer between router and store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Telemetry messages queued between the router and the decoder; when full, publishing
+    /// clients wait (their PUBACK is delayed), nothing is dropped.
+    pub queue: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { queue: 8192 }
+    }
+}
+
+impl Config {
+    /// Defaults with the embedded data folder `./ferrite-data`.
+    pub fn embedded() -> Self {
+        Self {
+            data_dir: PathBuf::from("ferrite-data"),
+            ..Self::default()
+        }
+    }
+
+    /// Problems across all sections.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            errs.push("data_dir must not be empty".to_owned());
+        }
+        if self.ingest.queue == 0 {
+            errs.push("ingest.queue must be at least 1".to_owned());
+        }
+        errs.extend(self.mqtt.validate());
+        errs.extend(self.store.validate());
+        errs.extend(self.query.validate());
+        errs
+    }
+}
+
+/// Where configuration comes from, in increasing precedence after the defaults.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSources {
+    /// An explicitly named file (`--config`, `FERRITE_CONFIG`): must exist.
+    pub file: Option<PathBuf>,
+    /// A file read only if it exists (`./ferrite.toml`).
+    pub default_file: Option<PathBuf>,
+    /// Environment variables (all of them; only `FERRITE_*` are looked at).
+    pub env: Vec<(String, String)>,
+    /// `key=value` overrides from flags, applied last, in order.
+    pub overrides: Vec<(String, String)>,
+}
+
+/// Every problem found while loading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("{} configuration error(s):\n  - {}", .0.len(), .0.join("\n  - "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Load and validate the configuration from `sources`.
+pub fn load(sources: &ConfigSources) -> Result<(Config, Option<PathBuf>), ConfigErrors> {
+    let mut errs = Vec::new();
+    let defaults = match Value::try_from(Config::embedded()) {
+        Ok(Value::Table(t)) => t,
+        _ => {
+            return Err(ConfigErrors(vec![
+                "internal: defaults are not a table".to_owned(),
+            ]));
+        }
+    };
+    let known = flatten(&defaults);
+    let mut merged = defaults.clone();
+
+    let file = sources
+        .file
+        .clone()
+        .or_else(|| sources.default_file.clone().filter(|p| p.exists()));
+    if let Some(path) = &file {
+        match std::fs::read_to_string(path) {
+            Ok(text) => match text.parse::<Table>() {
+                Ok(table) => {
+                    for key in flatten(&table).keys() {
+                        if !known.contains_key(key) {
+                            errs.push(format!("{}: unknown key `{key}`", path.display()));
+                        }
+                    }
+                    merge(&mut merged, table);
+                }
+                Err(e) => errs.push(format!("{}: {e}", path.display())),
+            },
+            Err(e) => errs.push(format!("{}: {e}", path.display())),
+        }
+    }
+
+    let env_keys: BTreeMap<String, &String> = known
+        .keys()
+        .map(|k| (format!("FERRITE_{}", k.replace('.', "_").to_uppercase()), k))
+        .collect();
+    for (name, raw) in &sources.env {
+        if !name.starts_with("FERRITE_") || NON_KEY_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        match env_keys.get(name) {
+            Some(key) => set(&mut merged, key, &known[*key], raw, name, &mut errs),
+            None => errs.push(format!(
+                "environment variable {name} is not a Ferrite setting"
+            )),
+        }
+    }
+    for (key, raw) in &sources.overrides {
+        match known.get(key) {
+            Some(default) => set(
+                &mut merged,
+                key,
+                default,
+                raw,
+                &format!("--set {key}"),
+                &mut errs,
+            ),
+            None => errs.push(format!("--set {key}: unknown key")),
+        }
+    }
+
+    // Deserialize section by section so a type error in one does not hide the others.
+    let mut config = Config::embedded();
+    for (key, value) in merged {
+        let ctx = |e: toml::de::Error| format!("{key}: {}", e.message());
+        match key.as_str() {
+            "data_dir" => match value.try_into() {
+                Ok(v) => config.data_dir = v,
+                Err(e) => errs.push(ctx(e)),
+            },
+            "auth" => section(value, &mut config.auth, &key, &mut errs),
+            "mqtt" => section(value, &mut config.mqtt, &key, &mut errs),
+            "http" => section(value, &mut config.http, &key, &mut errs),
+            "ingest" => section(value, &mut config.ingest, &key, &mut errs),
+            "store" => section(value, &mut config.store, &key, &mut errs),
+            "query" => section(value, &mut config.query, &key, &mut errs),
+            _ => {} // reported above as unknown
+        }
+    }
+    errs.extend(config.validate());
+    if errs.is_empty() {
+        Ok((config, file))
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+fn section<T: serde::de::DeserializeOwned>(
+    value: Value,
+    slot: &mut T,
+    key: &str,
+    errs: &mut Vec<String>,
+) {
+    match value.try_into() {
+        Ok(v) => *slot = v,
+        Err(e) => errs.push(format!("[{key}]: {}", e.message().trim())),
+    }
+}
+
+/// `a.b.c` → leaf value, for every leaf of `table`.
+fn flatten(table: &Table) -> BTreeMap<String, Value> {
+    fn walk(prefix: &str, table: &Table, out: &mut BTreeMap<String, Value>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                Value::Table(t) => walk(&key, t, out),
+                leaf => {
+                    out.insert(key, leaf.clone());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", table, &mut out);
+    out
+}
+
+fn merge(into: &mut Table, from: Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(Value::Table(a)), Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Set `key` from a string, typed like its default value.
+fn set(
+    merged: &mut Table,
+    key: &str,
+    default: &Value,
+    raw: &str,
+    origin: &str,
+    errs: &mut Vec<String>,
+) {
+    let value = match default {
+        Value::String(_) => Value::String(raw.to_owned()),
+        Value::Integer(_) => match raw.trim().parse::<i64>() {
+            Ok(i) => Value::Integer(i),
+            Err(_) => return errs.push(format!("{origin}: expected an integer, got {raw:?}")),
+        },
+        Value::Float(_) => match raw.trim().parse::<f64>() {
+            Ok(f) => Value::Float(f),
+            Err(_) => return errs.push(format!("{origin}: expected a number, got {raw:?}")),
+        },
+        Value::Boolean(_) => match raw.trim() {
+            "true" | "1" | "yes" | "on" => Value::Boolean(true),
+            "false" | "0" | "no" | "off" => Value::Boolean(false),
+            _ => return errs.push(format!("{origin}: expected true or false, got {raw:?}")),
+        },
+        _ => return errs.push(format!("{origin}: this key cannot be set from a string")),
+    };
+    let mut table = merged;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            table.insert(part.to_owned(), value);
+            return;
+        }
+        let entry = table
+            .entry(part.to_owned())
+            .or_insert_with(|| Value::Table(Table::new()));
+        match entry {
+            Value::Table(t) => table = t,
+            _ => return errs.push(format!("{origin}: `{part}` is not a section")),
+        }
+    }
+}
+
+/// Resolve `data_dir` relative to `base` if it is relative.
+pub fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sources() -> ConfigSources {
+        ConfigSources::default()
+    }
+
+    #[test]
+    fn generated_default_equals_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, Config::embedded());
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"from-file\"\n[mqtt]\nreceive_maximum = 10\nsession_queue = 7\n",
+        )
+        .unwrap();
+        let s = ConfigSources {
+            file: Some(file),
+            env: vec![
+                ("FERRITE_MQTT_RECEIVE_MAXIMUM".into(), "20".into()),
+                ("FERRITE_QUERY_TIMEOUT".into(), "5s".into()),
+                ("PATH".into(), "/bin".into()),
+            ],
+            overrides: vec![("mqtt.receive_maximum".into(), "30".into())],
+            ..sources()
+        };
+        let (c, _) = load(&s).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("from-file"));
+        assert_eq!(c.mqtt.session_queue, 7);
+        assert_eq!(c.mqtt.receive_maximum, 30);
+        assert_eq!(c.query.timeout, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn all_errors_are_reported_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(
+            &file,
+            "[mqtt]\nlisten = \"nowhere\"\nbogus = 1\n[store]\nwrite_queue = 0\n",
+        )
+        .unwrap();
+        let s = ConfigSources {
+            file: Some(file),
+            env: vec![
+                ("FERRITE_NOPE".into(), "1".into()),
+                ("FERRITE_MQTT_RECEIVE_MAXIMUM".into(), "many".into()),
+            ],
+            overrides: vec![("query.max_rows".into(), "0".into())],
+            ..sources()
+        };
+        let errs = load(&s).unwrap_err().0;
+        let all = errs.join("\n");
+        for needle in [
+            "unknown key `mqtt.bogus`",
+            "FERRITE_NOPE",
+            "expected an integer",
+            "[mqtt]",
+            "store.write_queue",
+            "query.max_rows",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn explicit_file_must_exist_but_default_file_may_not() {
+        let s = ConfigSources {
+            default_file: Some("/nonexistent/ferrite.toml".into()),
+            ..sources()
+        };
+        assert!(load(&s).is_ok());
+        let s = ConfigSources {
+            file: Some("/nonexistent/ferrite.toml".into()),
+            ..sources()
+        };
+        assert!(load(&s).is_err());
+    }
+}
