@@ -1,0 +1,332 @@
+//! End-to-end: the whole server in-process on port 0 in a temp dir, driven by independent
+//! MQTT clients (rumqttc) and HTTP (reqwest), as a user would.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ferrite_server::{Config, Server};
+use rumqttc::v5::mqttbytes::QoS as QoS5;
+use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
+use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn start(dir: &Path) -> Server {
+    let mut config = Config::embedded();
+    config.data_dir = dir.to_owned();
+    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    Server::start(config).await.expect("server starts")
+}
+
+async fn sql(http: SocketAddr, q: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/query"))
+        .body(q.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+async fn count(http: SocketAddr, table: &str) -> i64 {
+    let (status, v) = sql(http, &format!("SELECT count(*) AS n FROM {table}")).await;
+    assert_eq!(status, 200, "{v}");
+    v[0]["n"].as_i64().unwrap()
+}
+
+fn options5(id: &str, mqtt: SocketAddr) -> Options5 {
+    let mut o = Options5::new(id, mqtt.ip().to_string(), mqtt.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// Publish `n` QoS 1 readings as `device` over MQTT 5 and return the PUBACK reasons.
+async fn publish_v5(mqtt: SocketAddr, device: &str, payloads: Vec<String>) -> Vec<PubAckReason> {
+    let (client, mut el) = Client5::new(options5(device, mqtt), 64);
+    let topic = format!("devices/{device}/telemetry");
+    let n = payloads.len();
+    let publisher = tokio::spawn(async move {
+        for p in payloads {
+            client
+                .publish(topic.clone(), QoS5::AtLeastOnce, false, p)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut reasons = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while reasons.len() < n {
+            if let Event5::Incoming(Packet5::PubAck(ack)) =
+                el.poll().await.expect("connection stays up")
+            {
+                reasons.push(ack.reason);
+            }
+        }
+    })
+    .await
+    .expect("all PUBACKs arrive");
+    let client = publisher.await.unwrap();
+    client.disconnect().await.unwrap();
+    reasons
+}
+
+/// Publish readings over MQTT 3.1.1 and wait for every PUBACK.
+async fn publish_v311(mqtt: SocketAddr, device: &str, payloads: Vec<String>) {
+    let mut o = rumqttc::MqttOptions::new(device, mqtt.ip().to_string(), mqtt.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 64);
+    let topic = format!("devices/{device}/telemetry/env");
+    let n = payloads.len();
+    let publisher = tokio::spawn(async move {
+        for p in payloads {
+            client
+                .publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, p)
+                .await
+                .unwrap();
+        }
+        client
+    });
+    let mut acks = 0;
+    tokio::time::timeout(WAIT, async {
+        while acks < n {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) =
+                el.poll().await.expect("connection stays up")
+            {
+                acks += 1;
+            }
+        }
+    })
+    .await
+    .expect("all PUBACKs arrive");
+    publisher.await.unwrap().disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_acknowledged_readings_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let (mqtt, http) = (server.mqtt_addr(), server.http_addr());
+    // Five MQTT 5 devices and three MQTT 3.1.1 devices at once, 125 readings each.
+    let mut tasks = Vec::new();
+    for d in 0..8 {
+        let payloads: Vec<String> = (0..125)
+            .map(|i| {
+                format!(
+                    r#"{{"ts": {}, "temperature": {}.5, "seq": {i}}}"#,
+                    1_700_000_000_000i64 + i * 1000,
+                    20 + d
+                )
+            })
+            .collect();
+        let device = format!("dev-{d}");
+        tasks.push(tokio::spawn(async move {
+            if d < 5 {
+                let reasons = publish_v5(mqtt, &device, payloads).await;
+                assert!(
+                    reasons.iter().all(|r| *r == PubAckReason::Success),
+                    "{reasons:?}"
+                );
+            } else {
+                publish_v311(mqtt, &device, payloads).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Acknowledged means queryable at once.
+    assert_eq!(
+        count(http, "telemetry").await + count(http, "env").await,
+        1000
+    );
+    server.shutdown().await;
+
+    let server = start(dir.path()).await;
+    assert_eq!(server.replay_report().records, 1000);
+    let http = server.http_addr();
+    assert_eq!(count(http, "telemetry").await, 625);
+    assert_eq!(count(http, "env").await, 375);
+    let (status, v) = sql(
+        http,
+        "SELECT device_id, count(*) AS n, min(seq) AS lo, max(seq) AS hi FROM telemetry GROUP BY device_id ORDER BY device_id",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    for (d, row) in rows.iter().enumerate() {
+        assert_eq!(row["device_id"], format!("dev-{d}"));
+        assert_eq!(row["n"], 125);
+        assert_eq!(
+            (row["lo"].as_f64(), row["hi"].as_f64()),
+            (Some(0.0), Some(124.0))
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_receives_what_publisher_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mqtt = server.mqtt_addr();
+
+    let (sub, mut sub_el) = Client5::new(options5("watcher", mqtt), 16);
+    sub.subscribe("devices/+/telemetry", QoS5::AtLeastOnce)
+        .await
+        .unwrap();
+    sub.subscribe("alerts/#", QoS5::AtMostOnce).await.unwrap();
+    // Wait for both SUBACKs before publishing.
+    let mut subacks = 0;
+    tokio::time::timeout(WAIT, async {
+        while subacks < 2 {
+            if let Event5::Incoming(Packet5::SubAck(_)) = sub_el.poll().await.unwrap() {
+                subacks += 1;
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    let reasons = publish_v5(mqtt, "d7", vec![r#"{"temperature": 21.5}"#.to_owned()]).await;
+    assert_eq!(reasons, vec![PubAckReason::Success]);
+    let (p, mut p_el) = Client5::new(options5("alerter", mqtt), 16);
+    p.publish("alerts/fire/room-1", QoS5::AtMostOnce, false, "smoke")
+        .await
+        .unwrap();
+    p.publish("elsewhere", QoS5::AtMostOnce, false, "not for the watcher")
+        .await
+        .unwrap();
+    tokio::spawn(async move { while p_el.poll().await.is_ok() {} });
+
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while got.len() < 2 {
+            if let Event5::Incoming(Packet5::Publish(p)) = sub_el.poll().await.unwrap() {
+                got.push((
+                    String::from_utf8(p.topic.to_vec()).unwrap(),
+                    String::from_utf8(p.payload.to_vec()).unwrap(),
+                ));
+            }
+        }
+    })
+    .await
+    .expect("both messages delivered");
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("alerts/fire/room-1".to_owned(), "smoke".to_owned()),
+            (
+                "devices/d7/telemetry".to_owned(),
+                r#"{"temperature": 21.5}"#.to_owned()
+            ),
+        ]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_message_reaches_late_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mqtt = server.mqtt_addr();
+    let (p, mut p_el) = Client5::new(options5("retainer", mqtt), 16);
+    p.publish("config/site-1", QoS5::AtLeastOnce, true, "v2")
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event5::Incoming(Packet5::PubAck(_)) = p_el.poll().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (s, mut s_el) = Client5::new(options5("late", mqtt), 16);
+    s.subscribe("config/+", QoS5::AtLeastOnce).await.unwrap();
+    let msg = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event5::Incoming(Packet5::Publish(p)) = s_el.poll().await.unwrap() {
+                return p;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(msg.retain);
+    assert_eq!(&msg.payload[..], b"v2");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payloads_are_rejected_with_0x99_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let (mqtt, http) = (server.mqtt_addr(), server.http_addr());
+    let reasons = publish_v5(
+        mqtt,
+        "d1",
+        vec![
+            r#"{"temperature": 21.5, "status": "ok"}"#.to_owned(),
+            "not json".to_owned(),
+            r#"{"nested": {"a": 1}, "temperature": 1}"#.to_owned(),
+            r#"[1, 2, 3]"#.to_owned(),
+            r#"{}"#.to_owned(),
+            r#"{"temperature": "hot"}"#.to_owned(),
+            r#"{"ts": "not a time", "temperature": 2}"#.to_owned(),
+            r#"{"temperature": 22.5, "status": "ok"}"#.to_owned(),
+        ],
+    )
+    .await;
+    let ok = PubAckReason::Success;
+    let bad = PubAckReason::PayloadFormatInvalid;
+    assert_eq!(reasons, vec![ok, bad, bad, bad, bad, bad, bad, ok]);
+    assert_eq!(count(http, "telemetry").await, 2);
+    let (_, v) = sql(http, "SELECT * FROM telemetry ORDER BY temperature").await;
+    let cols: Vec<&String> = v[0].as_object().unwrap().keys().collect();
+    assert!(
+        !cols.iter().any(|c| c.as_str() == "nested"),
+        "rejected payload added no column: {cols:?}"
+    );
+    assert_eq!(
+        server
+            .ingest_stats()
+            .rejected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_errors_are_400_with_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let http = server.http_addr();
+    let (status, v) = sql(http, "SELEC 1").await;
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("SELEC"), "{v}");
+    let (status, v) = sql(http, "SELECT * FROM no_such_table").await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"].as_str().unwrap().contains("no_such_table"),
+        "{v}"
+    );
+    let (status, _) = sql(http, "CREATE TABLE x (a INT)").await;
+    assert_eq!(status, 400);
+    let (status, v) = sql(http, "SELECT 1 + 1 AS two").await;
+    assert_eq!((status, v), (200, serde_json::json!([{"two": 2}])));
+    let health = reqwest::get(format!("http://{http}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    server.shutdown().await;
+}
