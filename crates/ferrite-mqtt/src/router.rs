@@ -274,12 +274,12 @@ impl Router {
                         entry.1.retain |= retain;
                         entry.1.subscription_ids.extend(opts.subscription_id);
                     }
-                    Some(Sink::Internal { tx, durable }) => {
-                        if !internal.iter().any(|(t, _)| t.same_channel(tx)) {
-                            internal.push((tx.clone(), *durable));
-                        }
+                    Some(Sink::Internal { tx, durable })
+                        if !internal.iter().any(|(t, _)| t.same_channel(tx)) =>
+                    {
+                        internal.push((tx.clone(), *durable));
                     }
-                    None => {}
+                    Some(Sink::Internal { .. }) | None => {}
                 });
         }
         let matched = sessions.len() + internal.len();

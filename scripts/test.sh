@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, for a fresh machine with only the Rust toolchain and apt:
+# installs what the tests need, then format check, clippy (-D warnings), every test,
+# doc tests, and the README's user path with real MQTT clients (scripts/smoke.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== tests"
+cargo nextest run --workspace --no-fail-fast
+echo "== doc tests"
+cargo test --workspace --doc --quiet
+echo "== smoke: the README's user path"
+scripts/smoke.sh
