@@ -216,8 +216,8 @@ mod tests {
         tree.insert(&f("a/+/c"), 1, ());
         tree.insert(&f("a/#"), 2, ());
         assert!(
-            !tree.insert(&f("a/#"), 2, ()),
-            "re-subscribe is not a new subscription"
+            tree.insert(&f("a/#"), 2, ()),
+            "re-subscribing replaces the subscription, it adds none"
         );
         assert_eq!(tree.len(), 2);
         assert!(tree.remove(&f("a/+/c"), 1));
