@@ -74,16 +74,14 @@ where
         Ok(Ok(c)) => c,
         Ok(Err(ConnectFailure::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
             tracing::debug!(%peer, level, "unsupported MQTT protocol level");
-            shared
-                .stats
-                .connects_refused
-                .fetch_add(1, Ordering::Relaxed);
-            let ack = Packet::ConnAck(ConnAck {
-                session_present: false,
-                reason_code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-                properties: Properties::default(),
-            });
-            let _ = write_packet(&mut stream, &ack, ProtocolVersion::V311).await;
+            // The 3.1.1 CONNACK layout is what older clients understand (return code 1).
+            refuse(
+                &mut stream,
+                &shared,
+                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                ProtocolVersion::V311,
+            )
+            .await;
             return;
         }
         Ok(Err(ConnectFailure::Decode(e))) => {
@@ -151,6 +149,25 @@ async fn write_packet<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
+/// Answer CONNECT with a refusal (the connection is closed by the caller returning).
+async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    shared: &Shared,
+    code: ReasonCode,
+    version: ProtocolVersion,
+) {
+    shared
+        .stats
+        .connects_refused
+        .fetch_add(1, Ordering::Relaxed);
+    let ack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: code,
+        properties: Properties::default(),
+    });
+    let _ = write_packet(stream, &ack, version).await;
+}
+
 /// Validate CONNECT, authenticate, take over an existing session, send CONNACK.
 async fn accept<S: AsyncWrite + Unpin>(
     stream: &mut S,
@@ -159,23 +176,13 @@ async fn accept<S: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
 ) -> Option<Session> {
     let version = connect.protocol;
-    let refuse = |code: ReasonCode| {
-        Packet::ConnAck(ConnAck {
-            session_present: false,
-            reason_code: code,
-            properties: Properties::default(),
-        })
-    };
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {
         if version == ProtocolVersion::V311 && !connect.clean_start {
-            shared
-                .stats
-                .connects_refused
-                .fetch_add(1, Ordering::Relaxed);
-            let _ = write_packet(
+            refuse(
                 stream,
-                &refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID),
+                shared,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                 version,
             )
             .await;
@@ -188,13 +195,10 @@ async fn accept<S: AsyncWrite + Unpin>(
         assigned = Some(id.clone());
         id.into()
     } else if connect.client_id.len() > MAX_CLIENT_ID_LEN {
-        shared
-            .stats
-            .connects_refused
-            .fetch_add(1, Ordering::Relaxed);
-        let _ = write_packet(
+        refuse(
             stream,
-            &refuse(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID),
+            shared,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             version,
         )
         .await;
@@ -210,11 +214,7 @@ async fn accept<S: AsyncWrite + Unpin>(
     };
     if let Err(code) = shared.auth.authenticate(&request) {
         tracing::info!(%peer, client_id = %client_id, reason = %code, "connection refused");
-        shared
-            .stats
-            .connects_refused
-            .fetch_add(1, Ordering::Relaxed);
-        let _ = write_packet(stream, &refuse(code), version).await;
+        refuse(stream, shared, code, version).await;
         return None;
     }
     let will = match connect
@@ -225,7 +225,7 @@ async fn accept<S: AsyncWrite + Unpin>(
         Some(Ok(w)) => Some(w),
         Some(Err(e)) => {
             tracing::debug!(%peer, client_id = %client_id, error = %e, "invalid will topic");
-            let _ = write_packet(stream, &refuse(ReasonCode::TOPIC_NAME_INVALID), version).await;
+            refuse(stream, shared, ReasonCode::TOPIC_NAME_INVALID, version).await;
             return None;
         }
     };
