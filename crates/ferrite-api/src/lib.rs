@@ -1,13 +1,20 @@
 //! Ferrite's HTTP API.
 //!
-//! Owns the HTTP surface operators and scripts use: `GET /healthz` and
-//! `POST /api/v1/query` (SQL in the body as text, or JSON `{"sql": "..."}`; answer as a JSON
-//! array of row objects). Errors are JSON `{"error": "..."}` with a status from the error's
-//! [`ErrorKind`]: 400 for bad input, 503 when overloaded, 500 for internal failures.
+//! Owns the HTTP surface operators, scripts and InfluxDB-speaking agents use:
+//! - `GET /healthz`;
+//! - `POST /api/v1/query`: SQL in the body as text, or JSON `{"sql": "..."}`; the answer is a
+//!   JSON array of row objects; errors are JSON `{"error": "..."}`;
+//! - `POST /api/v2/write` and `POST /write`: InfluxDB 2.x and 1.x line-protocol writes
+//!   ([`write`]), answered 204 only after the batch is fsynced.
+//!
+//! Statuses come from the error's [`ErrorKind`]: 400 for bad input, 503 when overloaded, 500
+//! for internal failures.
 //!
 //! Access: until API tokens exist, requests are accepted only from loopback addresses unless
 //! the operator allows anonymous remote access ([`ApiConfig::allow_remote_anonymous`]).
 //! Not here yet: tokens and roles, pgwire, CSV/Arrow answers, streaming of large results.
+
+mod write;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 pub struct ApiState {
     /// Answers SQL.
     pub query: Arc<QueryEngine>,
+    /// Takes line-protocol writes.
+    pub store: Arc<ferrite_store::Store>,
+    /// Largest request body accepted (after decompression for writes).
+    pub max_body_bytes: usize,
     /// Accept requests from non-loopback addresses without credentials.
     pub allow_remote_anonymous: bool,
 }
@@ -38,6 +49,9 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/query", post(query))
+        .route("/api/v2/write", post(write::v2))
+        .route("/write", post(write::v1))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), access))
         .with_state(state)
 }
@@ -135,15 +149,19 @@ fn to_json(result: &QueryResult) -> Result<Vec<u8>, arrow::error::ArrowError> {
     Ok(out)
 }
 
-fn query_error(e: &QueryError) -> Response {
-    let status = match e.kind() {
+fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
         ErrorKind::InvalidInput | ErrorKind::Conflict | ErrorKind::NotFound => {
             StatusCode::BAD_REQUEST
         }
         ErrorKind::Unauthorized => StatusCode::FORBIDDEN,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    }
+}
+
+fn query_error(e: &QueryError) -> Response {
+    let status = status_of(e.kind());
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::error!(error = %e, "query failed");
     }

@@ -19,6 +19,8 @@ pub enum Value {
     Bool(bool),
     /// UTF-8 string.
     Str(String),
+    /// 64-bit unsigned integer (line protocol `u` suffix).
+    U64(u64),
 }
 
 impl Value {
@@ -29,6 +31,7 @@ impl Value {
             Value::I64(_) => ValueType::I64,
             Value::Bool(_) => ValueType::Bool,
             Value::Str(_) => ValueType::Str,
+            Value::U64(_) => ValueType::U64,
         }
     }
 }
@@ -44,6 +47,8 @@ pub enum ValueType {
     Bool,
     /// UTF-8 string.
     Str,
+    /// 64-bit unsigned integer.
+    U64,
 }
 
 impl fmt::Display for ValueType {
@@ -53,6 +58,7 @@ impl fmt::Display for ValueType {
             ValueType::I64 => "integer",
             ValueType::Bool => "boolean",
             ValueType::Str => "string",
+            ValueType::U64 => "unsigned integer",
         })
     }
 }

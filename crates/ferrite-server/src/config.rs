@@ -54,12 +54,15 @@ pub struct AuthConfig {
 pub struct HttpConfig {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
+    /// Largest request body, in bytes (after decompression for writes).
+    pub max_body_bytes: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 25 * 1024 * 1024,
         }
     }
 }
@@ -93,6 +96,9 @@ impl Config {
         let mut errs = Vec::new();
         if self.data_dir.as_os_str().is_empty() {
             errs.push("data_dir must not be empty".to_owned());
+        }
+        if self.http.max_body_bytes < 1024 {
+            errs.push("http.max_body_bytes must be at least 1024".to_owned());
         }
         if self.ingest.queue == 0 {
             errs.push("ingest.queue must be at least 1".to_owned());

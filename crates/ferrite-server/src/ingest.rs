@@ -1,11 +1,12 @@
 //! The telemetry consumer: a durable internal subscriber of the router on
-//! `devices/+/telemetry[/+]` that decodes each payload into a point and writes it to the
+//! `devices/+/telemetry[/+]` that decodes each payload (flat JSON, SenML or line protocol)
+//! into points and writes them to the
 //! store, settling the message (and so the publisher's PUBACK) only once the write is fsynced.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferrite_core::decode::decode_json;
+use ferrite_core::decode::decode_payload;
 use ferrite_core::{Classify, ErrorKind, TelemetryTopic};
 use ferrite_mqtt::{Delivery, Verdict};
 use ferrite_mqtt_codec::ReasonCode;
@@ -50,7 +51,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let point = match decode_json(
+        let points = match decode_payload(
             &message.payload,
             &topic.device,
             &topic.measurement,
@@ -68,7 +69,7 @@ pub(crate) async fn run(
             }
         };
         // Waits while the store's queue is full: backpressure up to the publisher.
-        let pending = match store.submit(vec![point]).await {
+        let pending = match store.submit(points).await {
             Ok(p) => p,
             Err(e) => {
                 settle_error(delivery, &e, &topic, &stats);

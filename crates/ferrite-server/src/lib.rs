@@ -126,6 +126,8 @@ impl Server {
         let query = Arc::new(QueryEngine::new(Arc::clone(&store), config.query.clone())?);
         let app = ferrite_api::router(ApiState {
             query,
+            store: Arc::clone(&store),
+            max_body_bytes: config.http.max_body_bytes,
             allow_remote_anonymous: config.auth.allow_remote_anonymous,
         });
         let listener = TcpListener::bind(config.http.listen)

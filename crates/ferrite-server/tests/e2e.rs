@@ -330,3 +330,158 @@ async fn sql_errors_are_400_with_the_message() {
     assert_eq!(health.status(), 200);
     server.shutdown().await;
 }
+
+async fn post(url: String, body: Vec<u8>, gzip: bool) -> (u16, String) {
+    let mut req = reqwest::Client::new().post(url).body(body);
+    if gzip {
+        req = req.header("Content-Encoding", "gzip");
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influxdb_line_protocol_writes_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let http = server.http_addr();
+    let batch = "\
+readings,name=truck_0,fleet=South latitude=52.31,velocity=40i,odometer=1000u,moving=t 1451606400000000000
+readings,name=truck_1,fleet=North latitude=40.12,velocity=0i,odometer=2000u,moving=f 1451606400000000000
+diagnostics,name=truck_0 fuel_state=0.9,status=\"ok\" 1451606400000000000
+";
+    let (status, body) = post(
+        format!("http://{http}/api/v2/write?org=o&bucket=b&precision=ns"),
+        batch.into(),
+        false,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let (_, v) = sql(
+        http,
+        "SELECT name, fleet, velocity, odometer, moving, arrow_typeof(velocity) AS vt, arrow_typeof(odometer) AS ot FROM readings ORDER BY name",
+    )
+    .await;
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"name": "truck_0", "fleet": "South", "velocity": 40, "odometer": 1000, "moving": true, "vt": "Int64", "ot": "UInt64"},
+            {"name": "truck_1", "fleet": "North", "velocity": 0, "odometer": 2000, "moving": false, "vt": "Int64", "ot": "UInt64"},
+        ])
+    );
+    assert_eq!(count(http, "diagnostics").await, 1);
+
+    // InfluxDB 1.x endpoint, seconds precision, gzip as Telegraf sends it.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(
+        &mut gz,
+        b"env,room=a temp=21.5 1700000000\nenv,room=b temp=19 1700000000\n",
+    )
+    .unwrap();
+    let (status, body) = post(
+        format!("http://{http}/write?db=x&precision=s"),
+        gz.finish().unwrap(),
+        true,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let (_, v) = sql(
+        http,
+        "SELECT room, CAST(time AS BIGINT) AS t FROM env ORDER BY room",
+    )
+    .await;
+    assert_eq!(
+        v,
+        serde_json::json!([{"room": "a", "t": 1_700_000_000_000_000_000i64}, {"room": "b", "t": 1_700_000_000_000_000_000i64}])
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_line_rejects_the_whole_batch_and_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let http = server.http_addr();
+    let url = format!("http://{http}/api/v2/write");
+    let (status, body) = post(
+        url.clone(),
+        b"m v=1 1\nm v= 2\nm v=3 3\nm,t v=1\n".to_vec(),
+        false,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("line 2") && msg.contains("line 4") && !msg.contains("line 1:"),
+        "{msg}"
+    );
+    assert_eq!(v["code"], "invalid");
+    let (status, _) = sql(http, "SELECT * FROM m").await;
+    assert_eq!(status, 400, "nothing stored, so no table");
+
+    // A type conflict with the stored column rejects the batch too.
+    assert_eq!(post(url.clone(), b"m v=1 1\n".to_vec(), false).await.0, 204);
+    let (status, body) = post(url.clone(), b"m v=2 2\nm v=\"two\" 3\n".to_vec(), false).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("\\\"v\\\" is string but the column is float"),
+        "{body}"
+    );
+    assert_eq!(count(http, "m").await, 1);
+    let (status, _) = post(
+        format!("{url}?precision=fortnights"),
+        b"m v=1".to_vec(),
+        false,
+    )
+    .await;
+    assert_eq!(status, 400);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_telemetry_accepts_senml_and_line_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let (mqtt, http) = (server.mqtt_addr(), server.http_addr());
+    let reasons = publish_v5(
+        mqtt,
+        "meter-1",
+        vec![
+            r#"[{"bn":"meter-1:","bt":1700000000,"n":"voltage","v":230.1},{"n":"current","v":1.5}]"#.to_owned(),
+            "power,phase=L1 watts=345.2 1700000000000000000\npower,phase=L2 watts=120.0 1700000000000000000".to_owned(),
+            "power,device_id=someone-else watts=1".to_owned(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        reasons,
+        vec![
+            PubAckReason::Success,
+            PubAckReason::Success,
+            PubAckReason::PayloadFormatInvalid
+        ]
+    );
+    let (_, v) = sql(
+        http,
+        r#"SELECT device_id, "meter-1:voltage" AS v, "meter-1:current" AS c FROM telemetry"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        serde_json::json!([{"device_id": "meter-1", "v": 230.1, "c": 1.5}])
+    );
+    let (_, v) = sql(
+        http,
+        "SELECT device_id, phase, watts FROM power ORDER BY phase",
+    )
+    .await;
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"device_id": "meter-1", "phase": "L1", "watts": 345.2},
+            {"device_id": "meter-1", "phase": "L2", "watts": 120.0},
+        ])
+    );
+    server.shutdown().await;
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-    TimestampNanosecondBuilder,
+    TimestampNanosecondBuilder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -79,6 +79,7 @@ impl Table {
                 ValueType::I64 => DataType::Int64,
                 ValueType::Bool => DataType::Boolean,
                 ValueType::Str => DataType::Utf8,
+                ValueType::U64 => DataType::UInt64,
             };
             cols.push(Field::new(name, dt, true));
         }
@@ -123,6 +124,16 @@ impl Table {
                         for (_, f) in &chunk {
                             b.append_option(match f.get(name) {
                                 Some(Value::I64(v)) => Some(*v),
+                                _ => None,
+                            });
+                        }
+                        Arc::new(b.finish())
+                    }
+                    ValueType::U64 => {
+                        let mut b = UInt64Builder::with_capacity(chunk.len());
+                        for (_, f) in &chunk {
+                            b.append_option(match f.get(name) {
+                                Some(Value::U64(v)) => Some(*v),
                                 _ => None,
                             });
                         }

@@ -2,8 +2,12 @@
 //! caller decides what a rejection means on its protocol.
 
 mod json;
+mod line_protocol;
+mod senml;
 
 pub use json::decode_json;
+pub use line_protocol::{LineError, Precision, decode_line_protocol};
+pub use senml::decode_senml;
 
 use crate::ValueType;
 
@@ -41,6 +45,9 @@ pub enum PayloadError {
     /// A number that is not finite (cannot come from JSON, kept for other decoders).
     #[error("field {0:?} is not a finite number")]
     NotFinite(String),
+    /// Line protocol with bad lines (each named).
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Lines(Vec<LineError>),
     /// A field's type differs from the column already stored under that name.
     #[error("field {field:?} is {found} but the column is {expected}")]
     TypeConflict {
@@ -58,6 +65,33 @@ impl crate::Classify for PayloadError {
         match self {
             PayloadError::TypeConflict { .. } => crate::ErrorKind::Conflict,
             _ => crate::ErrorKind::InvalidInput,
+        }
+    }
+}
+
+/// Decode a device's telemetry payload, telling the format by its first non-blank byte:
+/// `{` a flat JSON object, `[` a SenML pack, anything else InfluxDB line protocol (timestamps
+/// in nanoseconds). Every point gets the device id tag; JSON and SenML points go to
+/// `measurement` (from the topic), line protocol names its own measurements.
+pub fn decode_payload(
+    payload: &[u8],
+    device: &crate::DeviceId,
+    measurement: &crate::Measurement,
+    received: crate::Timestamp,
+) -> Result<Vec<crate::Point>, PayloadError> {
+    match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => decode_json(payload, device, measurement, received).map(|p| vec![p]),
+        Some(b'[') => decode_senml(payload, device, measurement, received),
+        _ => {
+            let text = std::str::from_utf8(payload)
+                .map_err(|_| PayloadError::Syntax("payload is not UTF-8 text".to_owned()))?;
+            decode_line_protocol(
+                text,
+                Precision::Nanoseconds,
+                received,
+                &[(crate::DEVICE_ID_TAG, device.as_str())],
+            )
+            .map_err(PayloadError::Lines)
         }
     }
 }
