@@ -72,7 +72,7 @@ async fn write(
     let body = if gzip {
         match gunzip(&body, state.max_body_bytes) {
             Ok(b) => b,
-            Err(r) => return r,
+            Err((status, message)) => return invalid(status, &message),
         }
     } else {
         body.to_vec()
@@ -111,19 +111,16 @@ async fn write(
 }
 
 /// Decompress at most `limit` bytes; more is refused (a small gzip can expand enormously).
-fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, Response> {
+fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, (StatusCode, String)> {
     let mut out = Vec::new();
     let mut decoder = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
     if let Err(e) = decoder.read_to_end(&mut out) {
-        return Err(invalid(
-            StatusCode::BAD_REQUEST,
-            &format!("bad gzip body: {e}"),
-        ));
+        return Err((StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")));
     }
     if out.len() > limit {
-        return Err(invalid(
+        return Err((
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the decompressed body exceeds {limit} bytes (http.max_body_bytes)"),
+            format!("the decompressed body exceeds {limit} bytes (http.max_body_bytes)"),
         ));
     }
     Ok(out)
