@@ -96,6 +96,12 @@ fn settle_error(delivery: Delivery, e: &StoreError, topic: &TelemetryTopic, stat
             tracing::warn!(device_id = %topic.device, measurement = %topic.measurement, error = %e, "telemetry rejected");
             ReasonCode::PAYLOAD_FORMAT_INVALID
         }
+        _ if matches!(e, StoreError::Full { .. }) => {
+            // Overload, not a fault: counted, logged per message only at debug.
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(device_id = %topic.device, error = %e, "telemetry refused");
+            ReasonCode::QUOTA_EXCEEDED
+        }
         _ => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(device_id = %topic.device, error = %e, "telemetry not stored");

@@ -9,6 +9,12 @@ pub enum StoreError {
     /// A point conflicts with the table's schema; nothing of its write was stored.
     #[error(transparent)]
     Rejected(#[from] PayloadError),
+    /// The in-memory tables hold `store.max_memtable_rows` rows; retry later.
+    #[error("the store holds its maximum of {max_rows} rows in memory (store.max_memtable_rows)")]
+    Full {
+        /// The configured limit.
+        max_rows: usize,
+    },
     /// The store is shutting down and takes no more writes.
     #[error("the store is shutting down")]
     ShuttingDown,
@@ -45,7 +51,7 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Rejected(e) => e.kind(),
-            StoreError::ShuttingDown => ErrorKind::Unavailable,
+            StoreError::ShuttingDown | StoreError::Full { .. } => ErrorKind::Unavailable,
             StoreError::Failed | StoreError::Io { .. } | StoreError::Encode(_) => {
                 ErrorKind::Internal
             }

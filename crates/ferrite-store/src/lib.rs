@@ -44,6 +44,10 @@ pub struct StoreConfig {
     /// `max_group_commit`; `0s` commits as soon as the queue is empty.
     #[serde(with = "humantime_serde")]
     pub commit_linger: Duration,
+    /// Rows the in-memory tables may hold. Until memtables are flushed to Parquet files
+    /// (storage engine issue), this bounds memory: writes beyond it are refused as
+    /// retryable (MQTT 5 reason 0x97 quota exceeded, HTTP 503), never half-applied.
+    pub max_memtable_rows: usize,
 }
 
 impl Default for StoreConfig {
@@ -52,6 +56,7 @@ impl Default for StoreConfig {
             write_queue: 8192,
             max_group_commit: 4096,
             commit_linger: Duration::ZERO,
+            max_memtable_rows: 5_000_000,
         }
     }
 }
@@ -65,6 +70,9 @@ impl StoreConfig {
         }
         if self.max_group_commit == 0 {
             errs.push("store.max_group_commit must be at least 1".to_owned());
+        }
+        if self.max_memtable_rows == 0 {
+            errs.push("store.max_memtable_rows must be at least 1".to_owned());
         }
         if self.commit_linger > Duration::from_millis(100) {
             errs.push("store.commit_linger must be at most 100ms".to_owned());
@@ -148,11 +156,14 @@ impl Store {
             let memtables = Arc::clone(&memtables);
             let counters = Arc::clone(&counters);
             let failed = Arc::clone(&failed);
-            let max = config.max_group_commit.max(1);
-            let linger = config.commit_linger;
+            let limits = Limits {
+                max_group: config.max_group_commit.max(1),
+                linger: config.commit_linger,
+                max_rows: config.max_memtable_rows,
+            };
             std::thread::Builder::new()
                 .name("ferrite-wal".into())
-                .spawn(move || run_writer(rx, wal, &memtables, &counters, &failed, max, linger))
+                .spawn(move || run_writer(rx, wal, &memtables, &counters, &failed, &limits))
                 .map_err(|e| StoreError::io("starting the WAL writer for", dir, e))?
         };
         Ok((
@@ -263,6 +274,13 @@ impl Drop for Store {
     }
 }
 
+/// What bounds one group commit and the memtables.
+struct Limits {
+    max_group: usize,
+    linger: Duration,
+    max_rows: usize,
+}
+
 /// The WAL writer thread: take a group of requests, validate, append, fsync once, apply to
 /// the memtables, then complete every request of the group.
 fn run_writer(
@@ -271,9 +289,9 @@ fn run_writer(
     memtables: &RwLock<Memtables>,
     counters: &Counters,
     failed: &AtomicBool,
-    max: usize,
-    linger: Duration,
+    limits: &Limits,
 ) {
+    let (max, linger) = (limits.max_group, limits.linger);
     let mut group: Vec<WriteRequest> = Vec::with_capacity(max);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -298,9 +316,21 @@ fn run_writer(
         {
             let mem = memtables.read().unwrap_or_else(PoisonError::into_inner);
             let mut pending = PendingTypes::default();
+            let mut rows = mem.rows();
             for r in group.drain(..) {
+                // Counts every point as a new row: a replacement may be refused near the limit.
+                if rows + r.points.len() > limits.max_rows {
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    let _ = r.done.send(Err(StoreError::Full {
+                        max_rows: limits.max_rows,
+                    }));
+                    continue;
+                }
                 match mem.check(&r.points, &mut pending) {
-                    Ok(()) => accepted.push(r),
+                    Ok(()) => {
+                        rows += r.points.len();
+                        accepted.push(r);
+                    }
                     Err(e) => {
                         counters.rejected.fetch_add(1, Ordering::Relaxed);
                         let _ = r.done.send(Err(StoreError::Rejected(e)));

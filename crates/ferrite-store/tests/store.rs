@@ -223,3 +223,38 @@ async fn writes_after_close_are_refused() {
         Err(StoreError::ShuttingDown)
     ));
 }
+
+#[tokio::test]
+async fn memtable_row_limit_refuses_whole_writes_and_keeps_earlier_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        max_memtable_rows: 3,
+        ..StoreConfig::default()
+    };
+    let (store, _) = Store::open(dir.path(), &config).unwrap();
+    store
+        .write(vec![
+            point("d1", 1, "t", Value::F64(1.0)),
+            point("d1", 2, "t", Value::F64(1.0)),
+        ])
+        .await
+        .unwrap();
+    let err = store
+        .write(vec![
+            point("d1", 3, "t", Value::F64(1.0)),
+            point("d1", 4, "t", Value::F64(1.0)),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Full { max_rows: 3 }), "{err}");
+    assert_eq!(
+        ferrite_core::Classify::kind(&err),
+        ferrite_core::ErrorKind::Unavailable
+    );
+    assert_eq!(rows(&store), 2);
+    store
+        .write(vec![point("d1", 3, "t", Value::F64(1.0))])
+        .await
+        .unwrap();
+    assert_eq!(rows(&store), 3);
+}
