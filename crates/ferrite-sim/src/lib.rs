@@ -11,6 +11,7 @@
 //! scenarios and file output; those arrive with the simulator issue.
 
 pub mod client;
+pub mod models;
 mod readings;
 
 use std::net::SocketAddr;
