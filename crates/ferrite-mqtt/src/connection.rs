@@ -254,7 +254,7 @@ async fn accept<S: AsyncWrite + Unpin>(
         properties.retain_available = Some(1);
         properties.wildcard_subscription_available = Some(1);
         properties.subscription_identifier_available = Some(1);
-        properties.shared_subscription_available = Some(0);
+        properties.shared_subscription_available = Some(1);
         properties.assigned_client_identifier = assigned;
         properties.server_keep_alive = server_keep_alive;
     }
@@ -595,30 +595,34 @@ impl Session {
         let subscription_id = s.properties.subscription_identifiers.first().copied();
         let mut reason_codes = Vec::with_capacity(s.filters.len());
         for (filter, options) in s.filters {
-            if filter.starts_with("$share/") {
-                reason_codes.push(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
-                continue;
-            }
-            let filter = match TopicFilter::new(filter) {
+            let (share, filter) = match parse_filter(&filter) {
                 Ok(f) => f,
-                Err(e) => {
-                    tracing::debug!(client_id = %self.client_id, error = %e, "invalid topic filter");
+                Err(()) => {
+                    tracing::debug!(client_id = %self.client_id, filter, "invalid topic filter");
                     reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                     continue;
                 }
             };
+            if share.is_some() && options.no_local {
+                // MQTT 5 forbids No Local on a shared subscription.
+                reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             // Deliveries to clients go out at QoS 0 or 1.
             let granted = options.qos.min(QoS::AtLeastOnce);
-            let existed = self.handle.subscribe(
-                &filter,
-                SubscribeOptions {
-                    qos: granted,
-                    no_local: options.no_local,
-                    retain_as_published: options.retain_as_published,
-                    subscription_id,
-                },
-            );
+            let sub_options = SubscribeOptions {
+                qos: granted,
+                no_local: options.no_local,
+                retain_as_published: options.retain_as_published,
+                subscription_id,
+            };
             reason_codes.push(ReasonCode(granted as u8));
+            if let Some(share) = share {
+                // Retained messages are not sent for shared subscriptions (MQTT 5 4.8.2).
+                self.handle.subscribe_shared(&share, &filter, sub_options);
+                continue;
+            }
+            let existed = self.handle.subscribe(&filter, sub_options);
             let send_retained = match options.retain_handling {
                 0 => true,
                 1 => !existed,
@@ -646,10 +650,17 @@ impl Session {
         let reason_codes = u
             .filters
             .into_iter()
-            .map(|f| match TopicFilter::new(f) {
-                Ok(f) if self.handle.unsubscribe(&f) => ReasonCode::SUCCESS,
-                Ok(_) => ReasonCode::NO_SUBSCRIPTION_EXISTED,
-                Err(_) => ReasonCode::TOPIC_FILTER_INVALID,
+            .map(|f| {
+                let removed = match parse_filter(&f) {
+                    Ok((Some(share), f)) => self.handle.unsubscribe_shared(&share, &f),
+                    Ok((None, f)) => self.handle.unsubscribe(&f),
+                    Err(()) => return ReasonCode::TOPIC_FILTER_INVALID,
+                };
+                if removed {
+                    ReasonCode::SUCCESS
+                } else {
+                    ReasonCode::NO_SUBSCRIPTION_EXISTED
+                }
             })
             .collect();
         self.send(&Packet::UnsubAck(UnsubAck {
@@ -776,6 +787,21 @@ impl Session {
             };
             shared.router.publish(message).await;
         }
+    }
+}
+
+/// A subscription filter, possibly shared: `$share/{share name}/{filter}`.
+fn parse_filter(raw: &str) -> Result<(Option<String>, TopicFilter), ()> {
+    match raw.strip_prefix("$share/") {
+        Some(rest) => {
+            let (share, filter) = rest.split_once('/').ok_or(())?;
+            if share.is_empty() || share.contains(['+', '#']) {
+                return Err(());
+            }
+            let filter = TopicFilter::new(filter).map_err(|_| ())?;
+            Ok((Some(share.to_owned()), filter))
+        }
+        None => TopicFilter::new(raw).map(|f| (None, f)).map_err(|_| ()),
     }
 }
 

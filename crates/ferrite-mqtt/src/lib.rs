@@ -9,7 +9,7 @@
 //!
 //! Who may connect is decided behind the [`Authenticator`] trait. The wire format is
 //! `ferrite-mqtt-codec`'s. Not yet here: persistent sessions across connections, outbound
-//! QoS 2, shared subscriptions, will delay, TLS and WebSocket transports.
+//! QoS 2, will delay, TLS and WebSocket transports.
 
 mod auth;
 mod config;

@@ -52,6 +52,10 @@ pub struct SubscribeOptions {
     pub subscription_id: Option<u32>,
 }
 
+/// A shared subscription's identity, `{share name}/{filter}`: each message matching it goes
+/// to one of the sessions holding it.
+type ShareKey = Arc<str>;
+
 /// A message on its way to a client session.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -121,6 +125,8 @@ enum Sink {
 #[derive(Default)]
 struct State {
     tree: SubscriptionTree<SubscribeOptions>,
+    /// Subscriber ids that stand for one session's shared subscription, with its key.
+    shares: HashMap<SubscriberId, ShareKey>,
     sinks: HashMap<SubscriberId, Sink>,
     /// Retained message per topic. Bounded by `max_retained` (new topics refused when full).
     retained: HashMap<TopicName, Arc<Message>>,
@@ -146,6 +152,8 @@ pub struct Router {
     next_id: Arc<AtomicU64>,
     stats: Arc<RouterStats>,
     max_retained: usize,
+    /// Picks the member of a shared subscription group that gets the next message.
+    round_robin: Arc<AtomicU64>,
 }
 
 /// A client session's registration with the router; unsubscribes everything when dropped.
@@ -154,6 +162,9 @@ pub struct SessionHandle {
     id: SubscriberId,
     /// This session's filters, so dropping the handle removes exactly its subscriptions.
     filters: HashSet<TopicFilter>,
+    /// This session's shared subscriptions: (share name, filter) → the subscriber id that
+    /// stands for it in the tree.
+    shared: HashMap<(String, TopicFilter), SubscriberId>,
 }
 
 impl Router {
@@ -164,6 +175,7 @@ impl Router {
             next_id: Arc::new(AtomicU64::new(1)),
             stats: Arc::default(),
             max_retained,
+            round_robin: Arc::default(),
         }
     }
 
@@ -194,6 +206,7 @@ impl Router {
             router: self.clone(),
             id,
             filters: HashSet::new(),
+            shared: HashMap::new(),
         }
     }
 
@@ -230,6 +243,7 @@ impl Router {
         let mut sessions: HashMap<SubscriberId, (mpsc::Sender<Outgoing>, Outgoing)> =
             HashMap::new();
         let mut internal: Vec<(mpsc::Sender<Delivery>, bool)> = Vec::new();
+        let mut groups: HashMap<ShareKey, Vec<(mpsc::Sender<Outgoing>, Outgoing)>> = HashMap::new();
         if message.retain {
             let mut state = self.write();
             {
@@ -248,10 +262,22 @@ impl Router {
         }
         {
             let state = self.read();
-            let sinks = &state.sinks;
+            let (sinks, shares) = (&state.sinks, &state.shares);
             state
                 .tree
                 .for_each_match(&message.topic, |id, opts| match sinks.get(&id) {
+                    Some(Sink::Session { tx, .. }) if shares.contains_key(&id) => {
+                        let members = groups.entry(Arc::clone(&shares[&id])).or_default();
+                        members.push((
+                            tx.clone(),
+                            Outgoing {
+                                message: Arc::clone(&message),
+                                qos: message.qos.min(opts.qos),
+                                retain: opts.retain_as_published && message.retain,
+                                subscription_ids: opts.subscription_id.into_iter().collect(),
+                            },
+                        ));
+                    }
                     Some(Sink::Session { tx, client_id }) => {
                         if opts.no_local && **client_id == *message.publisher {
                             return;
@@ -282,8 +308,19 @@ impl Router {
                     Some(Sink::Internal { .. }) | None => {}
                 });
         }
-        let matched = sessions.len() + internal.len();
-        for (_, (tx, out)) in sessions {
+        let matched = sessions.len() + internal.len() + groups.len();
+        let mut deliveries: Vec<_> = sessions.into_values().collect();
+        for (_, mut members) in groups {
+            // One member per group, in turn; skip members whose queue is full.
+            let start = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize;
+            let n = members.len();
+            let pick = (0..n)
+                .map(|i| (start + i) % n)
+                .find(|&i| members[i].0.capacity() > 0)
+                .unwrap_or(start % n);
+            deliveries.push(members.swap_remove(pick));
+        }
+        for (tx, out) in deliveries {
             match tx.try_send(out) {
                 Ok(()) => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +405,47 @@ impl SessionHandle {
         self.router.write().tree.remove(filter, self.id)
     }
 
+    /// Add or replace this session's membership in the shared subscription
+    /// `$share/{share}/{filter}`. Returns true if it replaced one.
+    pub fn subscribe_shared(
+        &mut self,
+        share: &str,
+        filter: &TopicFilter,
+        options: SubscribeOptions,
+    ) -> bool {
+        let mut state = self.router.write();
+        let key = (share.to_owned(), filter.clone());
+        if let Some(&id) = self.shared.get(&key) {
+            state.tree.insert(filter, id, options);
+            return true;
+        }
+        let Some(Sink::Session { tx, client_id }) = state.sinks.get(&self.id) else {
+            return false;
+        };
+        let sink = Sink::Session {
+            tx: tx.clone(),
+            client_id: Arc::clone(client_id),
+        };
+        let id = self.router.next_id.fetch_add(1, Ordering::Relaxed);
+        state.sinks.insert(id, sink);
+        state.shares.insert(id, format!("{share}/{filter}").into());
+        state.tree.insert(filter, id, options);
+        self.shared.insert(key, id);
+        false
+    }
+
+    /// Leave the shared subscription `$share/{share}/{filter}`. Returns true if it existed.
+    pub fn unsubscribe_shared(&mut self, share: &str, filter: &TopicFilter) -> bool {
+        let Some(id) = self.shared.remove(&(share.to_owned(), filter.clone())) else {
+            return false;
+        };
+        let mut state = self.router.write();
+        state.tree.remove(filter, id);
+        state.sinks.remove(&id);
+        state.shares.remove(&id);
+        true
+    }
+
     /// The router this session is registered with.
     pub fn router(&self) -> &Router {
         &self.router
@@ -380,6 +458,11 @@ impl Drop for SessionHandle {
         state.sinks.remove(&self.id);
         for f in &self.filters {
             state.tree.remove(f, self.id);
+        }
+        for ((_, f), id) in &self.shared {
+            state.tree.remove(f, *id);
+            state.sinks.remove(id);
+            state.shares.remove(id);
         }
     }
 }

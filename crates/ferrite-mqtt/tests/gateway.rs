@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
+static NEXT_CLIENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 async fn start(router: Router) -> (MqttServer, CancellationToken) {
     let config = MqttConfig {
@@ -60,7 +61,10 @@ impl Raw {
             protocol: version,
             clean_start: true,
             keep_alive: 30,
-            client_id: "raw".into(),
+            client_id: format!(
+                "raw-{}",
+                NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
             will: None,
             username: None,
             password: None,
@@ -221,6 +225,103 @@ async fn puback_waits_for_the_durable_consumer_and_carries_its_verdict() {
             assert_eq!(b.properties.reason_string.as_deref(), Some("bad"));
         }
         other => panic!("expected two PUBACKs, got {other:?}"),
+    }
+    shutdown.cancel();
+    server.wait().await;
+}
+
+impl Raw {
+    async fn subscribe(&mut self, filter: &str) {
+        self.send(&Packet::Subscribe(ferrite_mqtt_codec::Subscribe {
+            packet_id: 1,
+            filters: vec![(
+                filter.to_owned(),
+                ferrite_mqtt_codec::SubscriptionOptions::default(),
+            )],
+            properties: Properties::default(),
+        }))
+        .await;
+        match self.next().await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes, vec![ReasonCode::SUCCESS]),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    async fn payloads(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.next().await {
+                Some(Packet::Publish(p)) => {
+                    out.push(String::from_utf8(p.payload.to_vec()).unwrap())
+                }
+                Some(_) => {}
+                None => panic!("connection closed after {} of {n} messages", out.len()),
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn shared_subscription_delivers_each_message_to_one_member() {
+    let (server, shutdown) = start(Router::new(100)).await;
+    let addr = server.local_addr();
+    let mut a = Raw::connect(addr, ProtocolVersion::V5).await;
+    let mut b = Raw::connect(addr, ProtocolVersion::V311).await;
+    let mut all = Raw::connect(addr, ProtocolVersion::V5).await;
+    a.subscribe("$share/workers/jobs/#").await;
+    b.subscribe("$share/workers/jobs/#").await;
+    all.subscribe("jobs/#").await;
+    let mut publisher = Raw::connect(addr, ProtocolVersion::V5).await;
+    for i in 0..10 {
+        publisher
+            .send(&Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: "jobs/x".into(),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: format!("{i}").into(),
+            }))
+            .await;
+    }
+    let everything = all.payloads(10).await;
+    assert_eq!(
+        everything,
+        (0..10).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    // Round robin over two members with room in their queues: five each, none twice.
+    let mut shared = a.payloads(5).await;
+    shared.extend(b.payloads(5).await);
+    shared.sort_by_key(|s| s.parse::<u32>().unwrap());
+    assert_eq!(shared, everything);
+
+    // Invalid shared filters are refused in the SUBACK.
+    a.send(&Packet::Subscribe(ferrite_mqtt_codec::Subscribe {
+        packet_id: 2,
+        filters: vec![
+            (
+                "$share//jobs".to_owned(),
+                ferrite_mqtt_codec::SubscriptionOptions::default(),
+            ),
+            (
+                "$share/g+/jobs".to_owned(),
+                ferrite_mqtt_codec::SubscriptionOptions::default(),
+            ),
+            (
+                "$share/g".to_owned(),
+                ferrite_mqtt_codec::SubscriptionOptions::default(),
+            ),
+        ],
+        properties: Properties::default(),
+    }))
+    .await;
+    match a.next().await {
+        Some(Packet::SubAck(s)) => {
+            assert_eq!(s.reason_codes, vec![ReasonCode::TOPIC_FILTER_INVALID; 3])
+        }
+        other => panic!("expected SUBACK, got {other:?}"),
     }
     shutdown.cancel();
     server.wait().await;
