@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build -q -p ferrite
+# Same targets as the test run, so features unify the same way and nothing is rebuilt.
+cargo build -q --workspace --all-targets
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 bin="$target/debug/ferrite"
 work=$(mktemp -d)
