@@ -7,8 +7,10 @@
 //! what a device sees: publishes acknowledged, refused, and publish→PUBACK latency.
 //!
 //! Speaks MQTT through `ferrite-mqtt-codec`, the same codec the server uses ([`client`]).
-//! Not here yet: the seed's stream models (ARMA, spatial correlation), fault injection,
-//! scenarios and file output; those arrive with the simulator issue.
+//! The stream models of the simulator issue live in [`models`] (arrival rate with
+//! seasonality, ARMA(p, q), spatially correlated fields for 100k devices), each unit-tested
+//! against its stated statistics; they are not yet wired into `ferrite simulate`, and fault
+//! injection, scenarios and file output are still to come.
 
 pub mod client;
 pub mod models;
