@@ -246,12 +246,13 @@ async fn device_loop(
     };
     progress.connected.fetch_add(1, Ordering::Relaxed);
     let topic = format!("devices/{device}/telemetry");
+    let mut last_ts = 0i64;
     let mut ticker = interval.map(|i| {
         let mut t = tokio::time::interval(i);
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
-    let result = loop {
+    let result: Result<(), ClientError> = loop {
         let may_send = client.in_flight() < cfg.window.max(1);
         tokio::select! {
             () = stop.cancelled() => break Ok(()),
@@ -261,7 +262,10 @@ async fn device_loop(
                 {
                     break Ok(());
                 }
-                let payload = readings.next_json(now_ms());
+                // Strictly increasing per device: two readings of one device never share a
+                // timestamp (which the store would treat as a retry and replace).
+                last_ts = now_us().max(last_ts + 1);
+                let payload = readings.next_json(last_ts);
                 if let Err(e) = client.publish_qos1(&topic, payload.into_bytes().into()).await {
                     break Err(e);
                 }
@@ -298,11 +302,12 @@ async fn device_loop(
     .await;
     let _ = client.disconnect().await;
     progress.connected.fetch_sub(1, Ordering::Relaxed);
+    // A connection lost after connecting is counted and reported, not a failure to start.
     if let Err(e) = &result {
         progress.errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(device, error = %e, "device stopped");
     }
-    result
+    Ok(())
 }
 
 async fn tick(ticker: &mut Option<tokio::time::Interval>) {
@@ -311,9 +316,9 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
-fn now_ms() -> i64 {
+fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }

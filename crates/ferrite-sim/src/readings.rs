@@ -28,16 +28,17 @@ impl Readings {
         }
     }
 
-    /// The next reading as a flat JSON object stamped `ts_ms`.
-    pub fn next_json(&mut self, ts_ms: i64) -> String {
-        let day = (ts_ms as f64 / 86_400_000.0) * std::f64::consts::TAU + self.phase;
+    /// The next reading as a flat JSON object stamped `ts_us` (microseconds since the epoch,
+    /// which Ferrite tells from seconds, milliseconds and nanoseconds by magnitude).
+    pub fn next_json(&mut self, ts_us: i64) -> String {
+        let day = (ts_us as f64 / 86_400_000_000.0) * std::f64::consts::TAU + self.phase;
         let noise: f64 = self.rng.random_range(-0.3..0.3);
         let temperature = self.base_temp + 3.0 * day.sin() + noise;
         let humidity = (self.base_humidity - 5.0 * day.sin() + self.rng.random_range(-1.0..1.0))
             .clamp(0.0, 100.0);
         self.battery = (self.battery - 0.001).max(0.0);
         format!(
-            r#"{{"ts":{ts_ms},"temperature":{temperature:.2},"humidity":{humidity:.1},"battery":{:.3}}}"#,
+            r#"{{"ts":{ts_us},"temperature":{temperature:.2},"humidity":{humidity:.1},"battery":{:.3}}}"#,
             self.battery
         )
     }
@@ -52,8 +53,8 @@ mod tests {
         let mut a = Readings::new(7, 3);
         let mut b = Readings::new(7, 3);
         for i in 0..100 {
-            let ja = a.next_json(1_700_000_000_000 + i * 1000);
-            assert_eq!(ja, b.next_json(1_700_000_000_000 + i * 1000));
+            let ja = a.next_json(1_700_000_000_000_000 + i * 1_000_000);
+            assert_eq!(ja, b.next_json(1_700_000_000_000_000 + i * 1_000_000));
             let v: serde_json::Value = serde_json::from_str(&ja).expect("valid JSON");
             let t = v["temperature"].as_f64().expect("number");
             let h = v["humidity"].as_f64().expect("number");
