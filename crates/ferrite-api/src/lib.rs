@@ -3,7 +3,8 @@
 //! Owns the HTTP surface operators, scripts and InfluxDB-speaking agents use:
 //! - `GET /healthz`;
 //! - `POST /api/v1/query`: SQL in the body as text, or JSON `{"sql": "..."}`; the answer is a
-//!   JSON array of row objects; errors are JSON `{"error": "..."}`;
+//!   JSON array of row objects, CSV (`Accept: text/csv`) or an Arrow IPC stream
+//!   (`Accept: application/vnd.apache.arrow.stream`); errors are JSON `{"error": "..."}`;
 //! - `POST /api/v2/write` and `POST /write`: InfluxDB 2.x and 1.x line-protocol writes
 //!   ([`write`]), answered 204 only after the batch is fsynced.
 //!
@@ -123,15 +124,89 @@ async fn query(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -
             "empty query: send SQL in the request body",
         );
     }
+    let format = AnswerFormat::from_accept(&headers);
     match state.query.sql(&sql).await {
-        Ok(result) => match to_json(&result) {
-            Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(result) => match format.encode(&result) {
+            Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
             Err(e) => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("encoding the answer: {e}"),
             ),
         },
         Err(e) => query_error(&e),
+    }
+}
+
+/// The answer's encoding, chosen by the `Accept` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AnswerFormat {
+    /// `application/json` (default): an array of row objects.
+    Json,
+    /// `text/csv`: a header line, then one line per row.
+    Csv,
+    /// `application/vnd.apache.arrow.stream`: an Arrow IPC stream, types intact.
+    Arrow,
+}
+
+/// Media type of an Arrow IPC stream.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+impl AnswerFormat {
+    fn from_accept(headers: &HeaderMap) -> Self {
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if accept.contains(ARROW_STREAM) {
+            Self::Arrow
+        } else if accept.contains("text/csv") {
+            Self::Csv
+        } else {
+            Self::Json
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::Json => "application/json",
+            Self::Csv => "text/csv; charset=utf-8",
+            Self::Arrow => ARROW_STREAM,
+        }
+    }
+
+    fn encode(self, result: &QueryResult) -> Result<Vec<u8>, arrow::error::ArrowError> {
+        match self {
+            Self::Json => to_json(result),
+            Self::Csv => {
+                let mut writer = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(Vec::new());
+                for batch in &result.batches {
+                    writer.write(batch)?;
+                }
+                let mut out = writer.into_inner();
+                if result.batches.is_empty() {
+                    let names: Vec<&str> = result
+                        .schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect();
+                    out.extend_from_slice(names.join(",").as_bytes());
+                    out.push(b'\n');
+                }
+                Ok(out)
+            }
+            Self::Arrow => {
+                let mut writer =
+                    arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &result.schema)?;
+                for batch in &result.batches {
+                    writer.write(batch)?;
+                }
+                writer.finish()?;
+                writer.into_inner()
+            }
+        }
     }
 }
 

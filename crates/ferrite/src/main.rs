@@ -3,6 +3,7 @@
 //! 0 success, 1 runtime failure, 2 bad configuration or usage.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Serve(Overrides),
     /// Simulate a fleet of devices publishing telemetry to a running Ferrite over MQTT.
     Simulate(SimulateArgs),
+    /// Run SQL against a running Ferrite and print the answer.
+    Query(QueryArgs),
     /// Print or check the configuration.
     Config {
         #[command(subcommand)]
@@ -80,6 +83,18 @@ struct Overrides {
     /// Set any configuration key, e.g. `--set mqtt.receive_maximum=256` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// The SQL statement, e.g. "SELECT device_id, avg(temperature) FROM telemetry GROUP BY 1".
+    sql: String,
+    /// HTTP API of the running server.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    http: String,
+    /// Output: an aligned table, CSV or JSON rows.
+    #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+    format: String,
 }
 
 #[derive(Args)]
@@ -136,13 +151,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Version => {
-            println!("ferrite {}", env!("CARGO_PKG_VERSION"));
+            out(&format!("ferrite {}\n", env!("CARGO_PKG_VERSION")));
             ExitCode::SUCCESS
         }
         Command::Config {
             command: ConfigCommand::Generate,
         } => {
-            print!("{DEFAULT_TOML}");
+            out(DEFAULT_TOML);
             ExitCode::SUCCESS
         }
         Command::Config {
@@ -156,7 +171,7 @@ fn main() -> ExitCode {
                     }
                 }
                 match toml::to_string(&config) {
-                    Ok(s) => print!("{s}"),
+                    Ok(s) => out(&s),
                     Err(e) => eprintln!("cannot print the configuration: {e}"),
                 }
                 ExitCode::SUCCESS
@@ -168,7 +183,16 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Simulate(args) => runtime.block_on(simulate(args)),
+        Command::Query(args) => runtime.block_on(query(args)),
     }
+}
+
+/// Write to stdout, ignoring a closed pipe (`ferrite query ... | head` must not panic, and a
+/// server whose stdout reader went away must keep serving).
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut stdout, text.as_bytes());
+    let _ = std::io::Write::flush(&mut stdout);
 }
 
 fn init_tracing(filter: &str) {
@@ -247,23 +271,40 @@ async fn serve(config: Config) -> ExitCode {
     } else {
         "anonymous clients from loopback only"
     };
-    println!("Ferrite {} is running.", env!("CARGO_PKG_VERSION"));
-    println!("  MQTT 3.1.1/5.0  mqtt://{mqtt}  ({access})");
-    println!("  HTTP API        http://{http}  (GET /healthz, POST /api/v1/query)");
-    println!(
+    let mut banner = String::new();
+    let _ = writeln!(banner, "Ferrite {} is running.", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(banner, "  MQTT 3.1.1/5.0  mqtt://{mqtt}  ({access})");
+    let _ = writeln!(
+        banner,
+        "  HTTP API        http://{http}  (GET /healthz, POST /api/v1/query)"
+    );
+    let _ = writeln!(
+        banner,
         "  data folder     {}  ({} WAL records replayed)",
         server.data_dir().display(),
         replay.records
     );
-    println!("Try it:");
-    println!(
+    let _ = writeln!(banner, "Try it:");
+    let _ = writeln!(
+        banner,
         "  mosquitto_pub -h {} -p {} -V mqttv5 -q 1 -t devices/d1/telemetry -m '{{\"temperature\":21.5}}'",
         mqtt.ip(),
         mqtt.port()
     );
-    println!("  curl -s -X POST http://{http}/api/v1/query -d 'SELECT * FROM telemetry'");
-    println!("  ferrite simulate --mqtt {mqtt} --devices 10 --rate 100 --duration 30s");
-    println!("Stop with Ctrl-C.");
+    let _ = writeln!(
+        banner,
+        "  curl -s -X POST http://{http}/api/v1/query -d 'SELECT * FROM telemetry'"
+    );
+    let _ = writeln!(
+        banner,
+        "  ferrite query --http {http} 'SELECT device_id, count(*) FROM telemetry GROUP BY 1'"
+    );
+    let _ = writeln!(
+        banner,
+        "  ferrite simulate --mqtt {mqtt} --devices 10 --rate 100 --duration 30s"
+    );
+    let _ = writeln!(banner, "Stop with Ctrl-C.");
+    out(&banner);
     let token = server.shutdown_token();
     tokio::select! {
         () = shutdown_signal() => tracing::info!("shutting down"),
@@ -293,6 +334,64 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+async fn query(args: QueryArgs) -> ExitCode {
+    let accept = match args.format.as_str() {
+        "csv" => "text/csv",
+        "json" => "application/json",
+        _ => "application/vnd.apache.arrow.stream",
+    };
+    let url = format!("http://{}/api/v1/query", args.http);
+    let response = match reqwest::Client::new()
+        .post(&url)
+        .header("Accept", accept)
+        .body(args.sql)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot reach Ferrite at {url}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let status = response.status();
+    let body = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: reading the answer: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        eprintln!("error ({status}): {message}");
+        return ExitCode::from(1);
+    }
+    if args.format != "table" {
+        out(&String::from_utf8_lossy(&body));
+        return ExitCode::SUCCESS;
+    }
+    let batches = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)
+        .and_then(|reader| reader.collect::<Result<Vec<_>, _>>());
+    match batches.and_then(|b| Ok((arrow::util::pretty::pretty_format_batches(&b)?, b))) {
+        Ok((table, batches)) => {
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            out(&format!(
+                "{table}\n({rows} row{})\n",
+                if rows == 1 { "" } else { "s" }
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: decoding the answer: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -360,7 +459,7 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
                 report.p99_ms
             );
             match serde_json::to_string(&report) {
-                Ok(s) => println!("{s}"),
+                Ok(s) => out(&format!("{s}\n")),
                 Err(e) => eprintln!("cannot print the report: {e}"),
             }
             if report.errors > 0 {

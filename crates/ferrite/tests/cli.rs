@@ -49,10 +49,10 @@ fn serve(data: &Path) -> Running {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        // Keep draining after the test stops listening, so the server never writes into a
+        // closed pipe because of the test.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     let (mut mqtt, mut http) = (None, None);
@@ -220,4 +220,81 @@ fn config_generate_round_trips_through_check() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("listen = \"127.0.0.1:1999\""));
+}
+
+#[tokio::test]
+async fn query_prints_a_table_csv_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let mut client = Client::connect(server.mqtt, "d9", ProtocolVersion::V5)
+        .await
+        .unwrap();
+    client
+        .publish_qos1(
+            "devices/d9/telemetry",
+            r#"{"ts": 1700000000, "temperature": 21.5, "door": "open"}"#.into(),
+        )
+        .await
+        .unwrap();
+    let ack = tokio::time::timeout(WAIT, client.next_ack())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    let http = server.http.to_string();
+    let run = |format: &'static str| {
+        let http = http.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args([
+                    "query",
+                    "--http",
+                    &http,
+                    "--format",
+                    format,
+                    "SELECT device_id, temperature, door FROM telemetry",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    let table = run("table").await.unwrap();
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("| device_id | temperature | door |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| d9        | 21.5        | open |"),
+        "{table}"
+    );
+    assert!(table.contains("(1 row)"), "{table}");
+    let csv = run("csv").await.unwrap();
+    assert_eq!(
+        String::from_utf8(csv.stdout).unwrap(),
+        "device_id,temperature,door\nd9,21.5,open\n"
+    );
+    let json = run("json").await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([{"device_id": "d9", "temperature": 21.5, "door": "open"}])
+    );
+
+    let http = server.http.to_string();
+    let bad = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["query", "--http", &http, "SELEC 1"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("400"));
 }
