@@ -1,16 +1,17 @@
 //! Ferrite's device fleet simulator.
 //!
 //! Owns `ferrite simulate`: N simulated devices, each its own MQTT connection (client id =
-//! device id), publishing plausible readings (temperature with a daily cycle and noise,
-//! humidity, a slowly draining battery) as flat JSON to `devices/{id}/telemetry` at a total
+//! device id), publishing plausible readings ([`Readings`]: temperature from a daily cycle,
+//! a spatially correlated field over the fleet's positions and ARMA sensor noise; humidity;
+//! a slowly draining battery) as flat JSON to `devices/{id}/telemetry` at a total
 //! target rate, at QoS 1, pipelining up to a window of unacknowledged publishes. It measures
 //! what a device sees: publishes acknowledged, refused, and publish→PUBACK latency.
 //!
 //! Speaks MQTT through `ferrite-mqtt-codec`, the same codec the server uses ([`client`]).
-//! The stream models of the simulator issue live in [`models`] (arrival rate with
-//! seasonality, ARMA(p, q), spatially correlated fields for 100k devices), each unit-tested
-//! against its stated statistics; they are not yet wired into `ferrite simulate`, and fault
-//! injection, scenarios and file output are still to come.
+//! The stream models live in [`models`] (arrival rate with seasonality, ARMA(p, q),
+//! spatially correlated fields for 100k devices), each unit-tested against its stated
+//! statistics; readings use the ARMA and spatial models. Still to come: the seasonal arrival
+//! rate driving publish times, fault injection, scenarios and file output.
 
 pub mod client;
 pub mod models;
@@ -23,11 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrite_mqtt_codec::ProtocolVersion;
+use rand::SeedableRng;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use client::{Client, ClientError};
-pub use readings::Readings;
+pub use readings::{Readings, SharedField, grid_positions};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -171,15 +173,41 @@ pub async fn run(
         .rate
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(devices as f64 / r));
+    // Devices stand on a grid 25 m apart in a temperature field of range 200 m that drifts
+    // slowly (ρ = 0.995 per second): neighbours read alike, readings wander in time.
+    let positions = grid_positions(devices, 25.0);
+    let mut field_rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let field = models::SpatialField::new(&positions, 1.5, 200.0, 256, &mut field_rng)
+        .ok()
+        .map(|f| Arc::new(std::sync::RwLock::new(f)));
+    if let Some(field) = &field {
+        let field = Arc::clone(field);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        let mut f = field.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let _ = f.step(0.995, &mut field_rng);
+                    }
+                }
+            }
+        });
+    }
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..devices {
+    for (i, position) in positions.iter().enumerate() {
         let cfg = config.clone();
         let progress = Arc::clone(&progress);
         let stop = stop.clone();
         let budget = budget.clone();
+        let mut readings = Readings::new(config.seed, i as u64);
+        if let Some(field) = &field {
+            readings = readings.with_field(Arc::clone(field), *position);
+        }
         tasks.spawn(async move {
             let device = format!("{}{i}", cfg.prefix);
-            let readings = Readings::new(cfg.seed, i as u64);
             device_loop(
                 &cfg,
                 device,
