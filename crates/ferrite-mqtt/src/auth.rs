@@ -16,6 +16,8 @@ pub struct ConnectRequest<'a> {
     pub password: Option<&'a [u8]>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client certificate (DER) verified by mutual TLS, if the connection used it.
+    pub client_cert: Option<&'a [u8]>,
 }
 
 /// Decides whether a connection is accepted. Called once per CONNECT, on the connection's

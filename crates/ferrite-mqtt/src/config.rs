@@ -1,6 +1,7 @@
 //! `[mqtt]` settings.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,41 @@ pub struct MqttConfig {
     /// Retained messages kept; retained publishes to new topics beyond this are not retained
     /// (counted), updates and clears of existing ones always are.
     pub max_retained: usize,
+    /// MQTT over TLS (`[mqtt.tls]`).
+    pub tls: TlsConfig,
+}
+
+/// `[mqtt.tls]`: a second listener speaking MQTT over TLS, started when `cert` is set.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address of the TLS listener.
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the server; empty: no TLS listener.
+    pub cert: PathBuf,
+    /// PEM private key of the server certificate.
+    pub key: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate signed by one of
+    /// them (mutual TLS) and the certificate is handed to the authenticator.
+    pub client_ca: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether a TLS listener is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
+    }
 }
 
 impl Default for MqttConfig {
@@ -48,6 +84,7 @@ impl Default for MqttConfig {
             connect_timeout: Duration::from_secs(10),
             topic_alias_maximum: 64,
             max_retained: 100_000,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -70,6 +107,13 @@ impl MqttConfig {
         }
         if self.max_keep_alive.is_zero() || self.max_keep_alive > Duration::from_secs(65_535) {
             errs.push("mqtt.max_keep_alive must be between 1s and 65535s".to_owned());
+        }
+        let (cert, key) = (self.tls.cert.as_os_str(), self.tls.key.as_os_str());
+        if cert.is_empty() != key.is_empty() {
+            errs.push("mqtt.tls.cert and mqtt.tls.key must be set together".to_owned());
+        }
+        if cert.is_empty() && !self.tls.client_ca.as_os_str().is_empty() {
+            errs.push("mqtt.tls.client_ca needs mqtt.tls.cert and mqtt.tls.key".to_owned());
         }
         if self.connect_timeout.is_zero() {
             errs.push("mqtt.connect_timeout must be more than 0s".to_owned());

@@ -60,8 +60,12 @@ enum InboundAck {
 }
 
 /// Serve one connection until it ends. Never panics on input.
-pub(crate) async fn serve<S>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>)
-where
+pub(crate) async fn serve<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    client_cert: Option<Vec<u8>>,
+    shared: Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut rbuf = BytesMut::with_capacity(4096);
@@ -96,10 +100,11 @@ where
         }
     };
     let version = connect.protocol;
-    let mut session = match accept(&mut stream, connect, peer, &shared).await {
-        Some(s) => s,
-        None => return,
-    };
+    let mut session =
+        match accept(&mut stream, connect, peer, client_cert.as_deref(), &shared).await {
+            Some(s) => s,
+            None => return,
+        };
     let exit = session
         .run(&mut stream, &mut rbuf, &mut decoder, &shared)
         .await;
@@ -173,6 +178,7 @@ async fn accept<S: AsyncWrite + Unpin>(
     stream: &mut S,
     connect: Connect,
     peer: SocketAddr,
+    client_cert: Option<&[u8]>,
     shared: &Arc<Shared>,
 ) -> Option<Session> {
     let version = connect.protocol;
@@ -211,6 +217,7 @@ async fn accept<S: AsyncWrite + Unpin>(
         username: connect.username.as_deref(),
         password: connect.password.as_deref(),
         peer,
+        client_cert,
     };
     if let Err(code) = shared.auth.authenticate(&request) {
         tracing::info!(%peer, client_id = %client_id, reason = %code, "connection refused");

@@ -1,6 +1,7 @@
 //! Ferrite's MQTT gateway.
 //!
-//! Owns the MQTT server side: the TCP listener ([`MqttServer`]), one task per connection that
+//! Owns the MQTT server side: the TCP and TLS listeners ([`MqttServer`]; mutual TLS hands the
+//! client certificate to the [`Authenticator`]), one task per connection that
 //! speaks MQTT 3.1.1 and 5.0 (negotiated per connection), and the [`Router`] every message
 //! goes through, with its subscription tree and retained messages. Internal consumers (the
 //! store, rules, fleet state) subscribe to the router exactly like clients do
@@ -9,19 +10,20 @@
 //!
 //! Who may connect is decided behind the [`Authenticator`] trait. The wire format is
 //! `ferrite-mqtt-codec`'s. Not yet here: persistent sessions across connections, outbound
-//! QoS 2, will delay, TLS and WebSocket transports.
+//! QoS 2, will delay, the WebSocket transport.
 
 mod auth;
 mod config;
 mod connection;
 pub mod router;
 mod server;
+mod tls;
 pub mod trie;
 
 use std::net::SocketAddr;
 
 pub use auth::{AnonymousLoopback, Authenticator, ConnectRequest};
-pub use config::MqttConfig;
+pub use config::{MqttConfig, TlsConfig};
 pub use router::{Delivery, Message, PublishOutcome, Router, Verdict};
 pub use server::{MqttServer, MqttStats};
 
@@ -36,6 +38,9 @@ pub enum MqttError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The TLS configuration could not be loaded.
+    #[error("MQTT over TLS: {0}")]
+    Tls(String),
 }
 
 impl ferrite_core::Classify for MqttError {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use ferrite_core::Clock;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,6 +34,8 @@ pub struct MqttStats {
     pub publishes_out: AtomicU64,
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
     pub dropped_too_large: AtomicU64,
+    /// TLS handshakes that failed or timed out (bad or missing client certificates among them).
+    pub tls_handshake_failed: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -84,6 +87,7 @@ impl Shared {
 /// A running MQTT listener.
 pub struct MqttServer {
     local_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
 }
@@ -98,17 +102,14 @@ impl MqttServer {
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> Result<Self, MqttError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| MqttError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| MqttError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let (listener, local_addr) = bind(config.listen).await?;
+        let tls = if config.tls.enabled() {
+            let acceptor = crate::tls::acceptor(&config.tls)?;
+            let (listener, addr) = bind(config.tls.listen).await?;
+            Some((listener, addr, acceptor))
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             router,
             auth,
@@ -120,9 +121,29 @@ impl MqttServer {
             config,
         });
         let tracker = TaskTracker::new();
-        tracker.spawn(accept_loop(listener, Arc::clone(&shared), tracker.clone()));
+        // One cap for both listeners: when all permits are taken, accepting pauses and new
+        // connections wait in the OS backlog.
+        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        tracker.spawn(accept_loop(
+            listener,
+            None,
+            Arc::clone(&shared),
+            Arc::clone(&limit),
+            tracker.clone(),
+        ));
+        let tls_addr = tls.map(|(listener, addr, acceptor)| {
+            tracker.spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                Arc::clone(&shared),
+                limit,
+                tracker.clone(),
+            ));
+            addr
+        });
         Ok(Self {
             local_addr,
+            tls_addr,
             shared,
             tracker,
         })
@@ -131,6 +152,11 @@ impl MqttServer {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The TLS listener's address, if TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Counters.
@@ -150,10 +176,20 @@ impl MqttServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
-    // Caps live connections: when all permits are taken, accepting pauses and new
-    // connections wait in the OS backlog.
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), MqttError> {
+    let err = |source| MqttError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
     loop {
         let permit = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -170,8 +206,44 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
+                let tls = tls.clone();
                 tracker.spawn(async move {
-                    crate::connection::serve(stream, peer, shared).await;
+                    match tls {
+                        None => crate::connection::serve(stream, peer, None, shared).await,
+                        Some(acceptor) => {
+                            // The handshake counts against the time a client has to CONNECT.
+                            let handshake = tokio::time::timeout(
+                                shared.config.connect_timeout,
+                                acceptor.accept(stream),
+                            )
+                            .await;
+                            match handshake {
+                                Ok(Ok(tls)) => {
+                                    let cert = tls
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(|c| c.first())
+                                        .map(|c| c.to_vec());
+                                    crate::connection::serve(tls, peer, cert, shared).await;
+                                }
+                                Ok(Err(e)) => {
+                                    shared
+                                        .stats
+                                        .tls_handshake_failed
+                                        .fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                }
+                                Err(_) => {
+                                    shared
+                                        .stats
+                                        .tls_handshake_failed
+                                        .fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                }
+                            }
+                        }
+                    }
                     drop(permit);
                 });
             }

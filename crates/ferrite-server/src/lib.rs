@@ -167,6 +167,11 @@ impl Server {
         self.mqtt.local_addr()
     }
 
+    /// Where MQTT over TLS listens, if configured.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.tls_addr()
+    }
+
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr

@@ -203,6 +203,7 @@ fn init_tracing(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -274,6 +275,9 @@ async fn serve(config: Config) -> ExitCode {
     let mut banner = String::new();
     let _ = writeln!(banner, "Ferrite {} is running.", env!("CARGO_PKG_VERSION"));
     let _ = writeln!(banner, "  MQTT 3.1.1/5.0  mqtt://{mqtt}  ({access})");
+    if let Some(tls) = server.mqtt_tls_addr() {
+        let _ = writeln!(banner, "  MQTT over TLS   mqtts://{tls}");
+    }
     let _ = writeln!(
         banner,
         "  HTTP API        http://{http}  (GET /healthz, POST /api/v1/query)"
