@@ -6,7 +6,8 @@
 //!   JSON array of row objects, CSV (`Accept: text/csv`) or an Arrow IPC stream
 //!   (`Accept: application/vnd.apache.arrow.stream`); errors are JSON `{"error": "..."}`;
 //! - `POST /api/v2/write` and `POST /write`: InfluxDB 2.x and 1.x line-protocol writes
-//!   ([`write`]), answered 204 only after the batch is fsynced.
+//!   ([`write`]), answered 204 only after the batch is fsynced;
+//! - `GET /mqtt`: MQTT over WebSocket (subprotocol `mqtt`), served by the gateway.
 //!
 //! Statuses come from the error's [`ErrorKind`]: 400 for bad input, 503 when overloaded, 500
 //! for internal failures.
@@ -16,6 +17,7 @@
 //! Not here yet: tokens and roles, pgwire, CSV/Arrow answers, streaming of large results.
 
 mod write;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +43,8 @@ pub struct ApiState {
     pub store: Arc<ferrite_store::Store>,
     /// Largest request body accepted (after decompression for writes).
     pub max_body_bytes: usize,
+    /// The MQTT gateway, for MQTT over WebSocket at `/mqtt`; `None` disables it.
+    pub mqtt: Option<ferrite_mqtt::MqttHandle>,
     /// Accept requests from non-loopback addresses without credentials.
     pub allow_remote_anonymous: bool,
 }
@@ -52,6 +56,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/query", post(query))
         .route("/api/v2/write", post(write::v2))
         .route("/write", post(write::v1))
+        .route("/mqtt", get(ws::upgrade))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), access))
         .with_state(state)

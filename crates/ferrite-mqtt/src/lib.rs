@@ -10,7 +10,7 @@
 //!
 //! Who may connect is decided behind the [`Authenticator`] trait. The wire format is
 //! `ferrite-mqtt-codec`'s. Not yet here: persistent sessions across connections, outbound
-//! QoS 2, will delay, the WebSocket transport.
+//! QoS 2, will delay. MQTT over WebSocket enters through [`MqttHandle`] from the HTTP API.
 
 mod auth;
 mod config;
@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 pub use auth::{AnonymousLoopback, Authenticator, ConnectRequest};
 pub use config::{MqttConfig, TlsConfig};
 pub use router::{Delivery, Message, PublishOutcome, Router, Verdict};
-pub use server::{MqttServer, MqttStats};
+pub use server::{MqttHandle, MqttServer, MqttStats};
 
 /// Errors starting the gateway.
 #[derive(Debug, thiserror::Error)]

@@ -84,10 +84,40 @@ impl Shared {
     }
 }
 
+/// Lets another transport (MQTT over WebSocket in the HTTP API) hand connections to the
+/// gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct MqttHandle {
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl MqttHandle {
+    /// Serve one already-established byte stream as an MQTT connection, under the same
+    /// connection cap as the listeners. Returns when the connection ends.
+    pub async fn serve<S>(&self, stream: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(_permit) = Arc::clone(&self.limit).acquire_owned().await else {
+            return;
+        };
+        // Tracked, so shutdown waits for it like for listener connections.
+        let shared = Arc::clone(&self.shared);
+        let task = self
+            .tracker
+            .spawn(async move { crate::connection::serve(stream, peer, None, shared).await });
+        let _ = task.await;
+    }
+}
+
 /// A running MQTT listener.
 pub struct MqttServer {
     local_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
+    /// The connection cap shared by every transport.
+    limit: Arc<Semaphore>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
 }
@@ -136,7 +166,7 @@ impl MqttServer {
                 listener,
                 Some(acceptor),
                 Arc::clone(&shared),
-                limit,
+                Arc::clone(&limit),
                 tracker.clone(),
             ));
             addr
@@ -144,6 +174,7 @@ impl MqttServer {
         Ok(Self {
             local_addr,
             tls_addr,
+            limit,
             shared,
             tracker,
         })
@@ -152,6 +183,15 @@ impl MqttServer {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle for other transports to serve MQTT connections through this gateway.
+    pub fn handle(&self) -> MqttHandle {
+        MqttHandle {
+            shared: Arc::clone(&self.shared),
+            limit: Arc::clone(&self.limit),
+            tracker: self.tracker.clone(),
+        }
     }
 
     /// The TLS listener's address, if TLS is configured.

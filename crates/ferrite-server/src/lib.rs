@@ -128,6 +128,7 @@ impl Server {
             query,
             store: Arc::clone(&store),
             max_body_bytes: config.http.max_body_bytes,
+            mqtt: Some(mqtt.handle()),
             allow_remote_anonymous: config.auth.allow_remote_anonymous,
         });
         let listener = TcpListener::bind(config.http.listen)

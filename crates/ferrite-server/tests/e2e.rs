@@ -485,3 +485,90 @@ async fn mqtt_telemetry_accepts_senml_and_line_protocol() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_websocket_stores_telemetry() {
+    use bytes::BytesMut;
+    use ferrite_mqtt_codec::{
+        Connect, Decoder, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    };
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let http = server.http_addr();
+    let mut request = format!("ws://{http}/mqtt").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "mqtt");
+
+    let send = |p: Packet| {
+        let mut buf = BytesMut::new();
+        p.encode(ProtocolVersion::V5, &mut buf).unwrap();
+        Message::Binary(buf.freeze())
+    };
+    ws.send(send(Packet::Connect(Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: "ws-device".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    })))
+    .await
+    .unwrap();
+    // PUBLISH split over two WebSocket messages: MQTT framing does not follow message borders.
+    let mut publish = BytesMut::new();
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "devices/ws-device/telemetry".into(),
+        packet_id: Some(7),
+        properties: Properties::default(),
+        payload: r#"{"temperature": 18.25}"#.into(),
+    })
+    .encode(ProtocolVersion::V5, &mut publish)
+    .unwrap();
+    let second = publish.split_off(5);
+    ws.send(Message::Binary(publish.freeze())).await.unwrap();
+    ws.send(Message::Binary(second.freeze())).await.unwrap();
+
+    let mut decoder = Decoder::new(1 << 20);
+    decoder.set_version(ProtocolVersion::V5);
+    let mut rbuf = BytesMut::new();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while got.len() < 2 {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Binary(b) => rbuf.extend_from_slice(&b),
+                _ => continue,
+            }
+            while let Some(p) = decoder.decode(&mut rbuf).unwrap() {
+                got.push(p);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(&got[0], Packet::ConnAck(a) if a.reason_code == ReasonCode::SUCCESS),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[1], Packet::PubAck(a) if a.packet_id == 7 && a.reason_code == ReasonCode::SUCCESS),
+        "{got:?}"
+    );
+    let (_, v) = sql(http, "SELECT device_id, temperature FROM telemetry").await;
+    assert_eq!(
+        v,
+        serde_json::json!([{"device_id": "ws-device", "temperature": 18.25}])
+    );
+    server.shutdown().await;
+}
