@@ -19,22 +19,9 @@ use ferrite_core::{Classify, Clock, SystemClock};
 
 use crate::{ApiState, status_of};
 
-pub(crate) async fn v2(
-    State(state): State<ApiState>,
-    Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    write(
-        &state,
-        params.get("precision").map(String::as_str),
-        &headers,
-        body,
-    )
-    .await
-}
-
-pub(crate) async fn v1(
+/// `POST /api/v2/write` and `POST /write`: the two differ only in parameters Ferrite ignores
+/// (`org`/`bucket` versus `db`); `precision` is read from either.
+pub(crate) async fn handle(
     State(state): State<ApiState>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,

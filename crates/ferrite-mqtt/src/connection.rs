@@ -182,25 +182,10 @@ async fn accept<S: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
 ) -> Option<Session> {
     let version = connect.protocol;
-    let mut assigned = None;
-    let client_id: Arc<str> = if connect.client_id.is_empty() {
-        if version == ProtocolVersion::V311 && !connect.clean_start {
-            refuse(
-                stream,
-                shared,
-                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-                version,
-            )
-            .await;
-            return None;
-        }
-        let id = format!(
-            "ferrite-{:016x}",
-            shared.next_connection_id() ^ shared.clock.now().as_nanos() as u64
-        );
-        assigned = Some(id.clone());
-        id.into()
-    } else if connect.client_id.len() > MAX_CLIENT_ID_LEN {
+    // MQTT 3.1.1 allows an empty client id only with a clean session; we cap its length.
+    let empty_id_refused =
+        connect.client_id.is_empty() && version == ProtocolVersion::V311 && !connect.clean_start;
+    if empty_id_refused || connect.client_id.len() > MAX_CLIENT_ID_LEN {
         refuse(
             stream,
             shared,
@@ -209,6 +194,15 @@ async fn accept<S: AsyncWrite + Unpin>(
         )
         .await;
         return None;
+    }
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        let id = format!(
+            "ferrite-{:016x}",
+            shared.next_connection_id() ^ shared.clock.now().as_nanos() as u64
+        );
+        assigned = Some(id.clone());
+        id.into()
     } else {
         connect.client_id.as_str().into()
     };
