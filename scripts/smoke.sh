@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's user path with real clients: start `ferrite serve` on a fresh data folder,
-# publish with mosquitto_pub (MQTT 5 and 3.1.1), receive with mosquitto_sub, query with curl,
+# publish with mosquitto_pub (MQTT 5, 3.1.1, and over TLS with an openssl-made CA), receive
+# with mosquitto_sub, query with curl,
 # kill -9 right after the PUBACK, restart, and check the rows are still there.
 # Talks only to 127.0.0.1; every wait is bounded.
 set -euo pipefail
@@ -17,13 +18,25 @@ trap cleanup EXIT
 
 fail() { echo "smoke: FAILED: $*" >&2; echo "--- server output" >&2; cat "$work"/out "$work"/err >&2 || true; exit 1; }
 
+# A CA and a server certificate for MQTT over TLS, made with openssl as an operator would.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout "$work/ca.key" -out "$work/ca.pem" -subj "/CN=smoke CA" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout "$work/server.key" -out "$work/server.csr" -subj "/CN=localhost" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\n' >"$work/ext.cnf"
+openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+  -days 2 -extfile "$work/ext.cnf" -out "$work/server.pem" 2>/dev/null
+
 start() {
-  "$bin" serve --data-dir "$work/data" --mqtt-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
+  FERRITE_MQTT_TLS_CERT="$work/server.pem" FERRITE_MQTT_TLS_KEY="$work/server.key" \
+    "$bin" serve --data-dir "$work/data" --mqtt-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    --set mqtt.tls.listen=127.0.0.1:0 >"$work/out" 2>"$work/err" &
   pid=$!
   timeout 30 bash -c "until grep -q 'HTTP API' '$work/out'; do sleep 0.1; done" || fail "server did not start"
   mqtt=$(grep -o 'mqtt://[0-9.:]*' "$work/out" | head -1 | sed 's|mqtt://||')
   http=$(grep -o 'http://[0-9.:]*' "$work/out" | head -1 | sed 's|http://||')
   mport=${mqtt##*:}
+  tport=$(grep -o 'mqtts://[0-9.:]*' "$work/out" | head -1 | sed 's|.*:||')
 }
 
 query() { curl -sS --max-time 10 -X POST "http://$http/api/v1/query" -d "$1"; }
@@ -38,6 +51,10 @@ mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv311 -q 1 -t devices/d2/telemetry 
 wait "$sub" || fail "mosquitto_sub got nothing"
 grep -q '"temperature":21.5' "$work/sub" || fail "subscriber got: $(cat "$work/sub")"
 
+# MQTT over TLS with the operator's CA.
+mosquitto_pub -h localhost -p "$tport" --cafile "$work/ca.pem" -V mqttv5 -q 1 -t devices/d4/telemetry \
+  -m '{"temperature":5.5}' || fail "mosquitto_pub over TLS"
+
 # A bad payload is refused (MQTT 5 reason 0x99 reaches mosquitto_pub as an error).
 if mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t devices/d1/telemetry -m '{"temperature":{"nested":1}}' 2>"$work/bad"; then
   grep -qi 'payload format invalid' "$work/bad" || fail "bad payload was accepted"
@@ -46,13 +63,14 @@ fi
 answer=$(query 'SELECT device_id, temperature FROM telemetry ORDER BY device_id')
 echo "$answer" | grep -q '"device_id":"d1","temperature":21.5' || fail "query: $answer"
 echo "$answer" | grep -q '"device_id":"d2","temperature":19.25' || fail "query: $answer"
+echo "$answer" | grep -q '"device_id":"d4","temperature":5.5' || fail "query (TLS row): $answer"
 
 # kill -9 right after a PUBACK, then restart: the row is still there.
 mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t devices/d3/telemetry -m '{"temperature":-4.5}' || fail "mosquitto_pub before kill"
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 start
 answer=$(query 'SELECT count(*) AS n FROM telemetry')
-[ "$answer" = '[{"n":3}]' ] || fail "after kill -9 and restart: $answer"
+[ "$answer" = '[{"n":4}]' ] || fail "after kill -9 and restart: $answer"
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$http/api/v1/query" -d 'SELEC nonsense')
 [ "$code" = 400 ] || fail "bad SQL gave HTTP $code"
 kill -TERM "$pid"; wait "$pid" || fail "graceful shutdown exit code"; pid=""
