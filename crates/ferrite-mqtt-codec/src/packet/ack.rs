@@ -7,7 +7,7 @@
 //!        (reason code omitted = Success; properties omitted = none)
 //! ```
 
-use super::{nonzero_packet_id, write_packet_id};
+use super::{nonzero_packet_id, read_reason_tail, write_packet_id};
 use crate::error::{DecodeError, EncodeError};
 use crate::primitives::{Reader, Sink};
 use crate::properties::{Properties, PropertyContext};
@@ -101,16 +101,14 @@ impl PubAck {
     ) -> Result<Self, DecodeError> {
         let packet_id = nonzero_packet_id(r.u16()?)?;
         let mut ack = Self::new(packet_id);
-        if v == ProtocolVersion::V5 && !r.is_empty() {
-            ack.reason_code = ReasonCode(r.u8()?);
-            if !ack.reason_code.valid_in(kind.reasons()) {
-                return Err(DecodeError::MalformedPacket(
-                    "reason code not valid for this packet type",
-                ));
-            }
-            if !r.is_empty() {
-                ack.properties = Properties::read(r, PropertyContext::Ack)?;
-            }
+        if v == ProtocolVersion::V5 {
+            (ack.reason_code, ack.properties) = read_reason_tail(
+                r,
+                ReasonCode::SUCCESS,
+                kind.reasons(),
+                PropertyContext::Ack,
+                "reason code not valid for this packet type",
+            )?;
         }
         r.expect_end()?;
         Ok(ack)

@@ -50,17 +50,13 @@ impl Auth {
             reason_code: ReasonCode::SUCCESS,
             properties: Properties::default(),
         };
-        if !r.is_empty() {
-            packet.reason_code = ReasonCode(r.u8()?);
-            if !packet.reason_code.valid_in(ReasonContext::Auth) {
-                return Err(DecodeError::MalformedPacket(
-                    "reason code not valid in AUTH",
-                ));
-            }
-            if !r.is_empty() {
-                packet.properties = Properties::read(r, PropertyContext::Auth)?;
-            }
-        }
+        (packet.reason_code, packet.properties) = super::read_reason_tail(
+            r,
+            ReasonCode::SUCCESS,
+            ReasonContext::Auth,
+            PropertyContext::Auth,
+            "reason code not valid in AUTH",
+        )?;
         r.expect_end()?;
         Ok(packet)
     }

@@ -58,16 +58,14 @@ impl Disconnect {
 
     pub(crate) fn read(v: ProtocolVersion, r: &mut Reader) -> Result<Self, DecodeError> {
         let mut packet = Self::new(ReasonCode::NORMAL_DISCONNECTION);
-        if v == ProtocolVersion::V5 && !r.is_empty() {
-            packet.reason_code = ReasonCode(r.u8()?);
-            if !packet.reason_code.valid_in(ReasonContext::Disconnect) {
-                return Err(DecodeError::MalformedPacket(
-                    "reason code not valid in DISCONNECT",
-                ));
-            }
-            if !r.is_empty() {
-                packet.properties = Properties::read(r, PropertyContext::Disconnect)?;
-            }
+        if v == ProtocolVersion::V5 {
+            (packet.reason_code, packet.properties) = super::read_reason_tail(
+                r,
+                ReasonCode::NORMAL_DISCONNECTION,
+                ReasonContext::Disconnect,
+                PropertyContext::Disconnect,
+                "reason code not valid in DISCONNECT",
+            )?;
         }
         r.expect_end()?;
         Ok(packet)

@@ -194,6 +194,31 @@ impl Packet {
     }
 }
 
+/// Read the optional MQTT 5 tail `[reason code [properties]]` shared by the PUBACK family,
+/// DISCONNECT and AUTH: an absent reason code is `default`, absent properties are empty. The
+/// caller checks that the packet ends here.
+pub(crate) fn read_reason_tail(
+    r: &mut crate::primitives::Reader,
+    default: crate::reason::ReasonCode,
+    reasons: crate::reason::ReasonContext,
+    properties: crate::properties::PropertyContext,
+    invalid: &'static str,
+) -> Result<(crate::reason::ReasonCode, crate::properties::Properties), DecodeError> {
+    if r.is_empty() {
+        return Ok((default, crate::properties::Properties::default()));
+    }
+    let code = crate::reason::ReasonCode(r.u8()?);
+    if !code.valid_in(reasons) {
+        return Err(DecodeError::MalformedPacket(invalid));
+    }
+    let props = if r.is_empty() {
+        crate::properties::Properties::default()
+    } else {
+        crate::properties::Properties::read(r, properties)?
+    };
+    Ok((code, props))
+}
+
 /// Fail with a protocol error for packet identifier 0.
 pub(crate) fn nonzero_packet_id(id: u16) -> Result<u16, DecodeError> {
     if id == 0 {
