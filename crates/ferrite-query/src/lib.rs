@@ -5,11 +5,14 @@
 //! and the query limits ([`QueryConfig`]: time, memory, rows). Statements are read-only: DDL,
 //! DML and session statements are refused.
 //!
-//! Does not format results for any wire (HTTP JSON, pgwire): that is the API's job. Tables are
-//! served from consistent memtable snapshots; file-backed scans with time and series pruning
-//! arrive with the storage engine's Parquet tiers.
+//! Each table is a [`table::StoreTable`]: the store's Parquet files (pruned by the catalog's
+//! time ranges, then by row-group and page statistics) united with the in-memory rows of the
+//! queried time range.
+//!
+//! Does not format results for any wire (HTTP JSON, pgwire): that is the API's job.
 
 mod error;
+mod table;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +21,6 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, TableProvider};
-use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
@@ -99,9 +101,12 @@ impl QueryEngine {
             .with_memory_limit(config.memory_limit_bytes, 1.0)
             .build_arc()
             .map_err(QueryError::from_datafusion)?;
-        let session = SessionConfig::new()
+        let mut session = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("ferrite", "public");
+        // Evaluate filters while decoding Parquet pages, so rows outside them are skipped.
+        session.options_mut().execution.parquet.pushdown_filters = true;
+        session.options_mut().execution.parquet.reorder_filters = true;
         let ctx = SessionContext::new_with_config_rt(session, runtime);
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         datafusion::catalog::CatalogProvider::register_schema(
@@ -179,12 +184,13 @@ impl SchemaProvider for StoreSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
-        let Some(snapshot) = self.store.snapshot(name) else {
-            return Ok(None);
-        };
-        let snapshot = snapshot.map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let table = MemTable::try_new(snapshot.schema, vec![snapshot.batches])?;
-        Ok(Some(Arc::new(table)))
+        Ok(self.store.schema(name).map(|schema| {
+            Arc::new(table::StoreTable {
+                store: Arc::clone(&self.store),
+                name: name.to_owned(),
+                schema,
+            }) as Arc<dyn TableProvider>
+        }))
     }
 
     fn table_exist(&self, name: &str) -> bool {

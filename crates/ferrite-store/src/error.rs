@@ -15,6 +15,13 @@ pub enum StoreError {
         /// The configured limit.
         max_rows: usize,
     },
+    /// An earlier flush failed (for example, the disk is full) and is being retried; no new
+    /// flush can start until it succeeds.
+    #[error("an earlier flush to data files failed and is being retried")]
+    FlushPending,
+    /// Another process (or store) has the data folder open.
+    #[error("the data folder {0} is in use by another Ferrite process")]
+    Locked(String),
     /// The store is shutting down and takes no more writes.
     #[error("the store is shutting down")]
     ShuttingDown,
@@ -51,10 +58,13 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Rejected(e) => e.kind(),
-            StoreError::ShuttingDown | StoreError::Full { .. } => ErrorKind::Unavailable,
-            StoreError::Failed | StoreError::Io { .. } | StoreError::Encode(_) => {
-                ErrorKind::Internal
+            StoreError::ShuttingDown | StoreError::Full { .. } | StoreError::FlushPending => {
+                ErrorKind::Unavailable
             }
+            StoreError::Failed
+            | StoreError::Io { .. }
+            | StoreError::Encode(_)
+            | StoreError::Locked(_) => ErrorKind::Internal,
         }
     }
 }

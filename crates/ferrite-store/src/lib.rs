@@ -1,35 +1,61 @@
 //! Ferrite's time-series store.
 //!
-//! Owns the write path of telemetry: [`Store::submit`] validates points against their
-//! table's schema, appends them to the write-ahead log ([`wal`]), fsyncs (one fsync serves
-//! every write queued meanwhile: group commit), applies them to the in-memory tables and only
-//! then completes the [`PendingWrite`]. On [`Store::open`] the log is replayed, so every
-//! completed write survives a crash. Readers take consistent Arrow snapshots of a table
-//! ([`Store::snapshot`]).
+//! Owns the write path of telemetry and its files: [`Store::submit`] validates points against
+//! their table's schema, appends them to the write-ahead log ([`wal`]), fsyncs (one fsync
+//! serves every write queued meanwhile: group commit), applies them to the in-memory tables
+//! and only then completes the [`PendingWrite`]. When the memtables grow past
+//! `store.flush_rows` or age past `store.flush_interval`, the WAL rotates, the memtables
+//! freeze, and a background thread writes them into Parquet files per table and time
+//! partition ([`files`]), records them in the [`catalog`] and deletes the WAL segments they
+//! cover. The same thread compacts small and overlapping files (last write wins) and drops
+//! partitions past their retention. Readers take a [`TableView`] of a table for a time range:
+//! the files to scan plus the in-memory rows, with partitions that need last-write-wins
+//! merging already merged.
 //!
-//! Does not (yet) flush memtables to Parquet, compact, or apply retention; those arrive with
-//! the storage engine and the WAL then gets truncated after each flush. It knows nothing of
-//! MQTT or SQL.
+//! On [`Store::open`] the catalog is loaded, files it does not name are deleted, and the WAL
+//! segments not yet in files are replayed, so every completed write survives a crash.
+//!
+//! It knows nothing of MQTT or SQL; downsampling, object-storage tiering and a storage budget
+//! are not built yet.
 
+pub mod catalog;
 mod error;
+mod files;
+mod flush;
 mod memtable;
+mod schema;
 pub mod wal;
 
+use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use ferrite_core::Point;
+use ferrite_core::{Measurement, Point};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use catalog::Catalog;
+pub use catalog::{DataFile, FileMeta};
 pub use error::StoreError;
-use memtable::{Memtables, PendingTypes};
+use memtable::{Memtables, SeriesKey, Table, build_batches, partition_of};
+use schema::{PendingTypes, Schemas};
 pub use wal::ReplayReport;
+
+/// Settings of one table (`[store.tables.<name>]`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TableConfig {
+    /// Partitions older than this are deleted; `0s` keeps them forever. Overrides
+    /// `store.retention` for this table.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+}
 
 /// Store settings (`[store]` in the config file).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -44,10 +70,32 @@ pub struct StoreConfig {
     /// `max_group_commit`; `0s` commits as soon as the queue is empty.
     #[serde(with = "humantime_serde")]
     pub commit_linger: Duration,
-    /// Rows the in-memory tables may hold. Until memtables are flushed to Parquet files
-    /// (storage engine issue), this bounds memory: writes beyond it are refused as
-    /// retryable (MQTT 5 reason 0x97 quota exceeded, HTTP 503), never half-applied.
+    /// Rows in memory that start a flush to Parquet files.
+    pub flush_rows: usize,
+    /// Age of the oldest unflushed row that starts a flush (also bounds WAL replay on start).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Rows the in-memory tables may hold while a flush is running. Past it writers wait for
+    /// the flush; if flushing fails (disk full), writes are refused as retryable (MQTT 5
+    /// reason 0x97 quota exceeded, HTTP 503), never half-applied.
     pub max_memtable_rows: usize,
+    /// Width of the time partitions files are cut into (and retention drops whole).
+    #[serde(with = "humantime_serde")]
+    pub partition: Duration,
+    /// Default retention of every table: partitions ending longer ago are deleted; `0s`
+    /// keeps data forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Per-table settings by measurement name.
+    pub tables: BTreeMap<String, TableConfig>,
+    /// A partition with this many small files is compacted into one.
+    pub compaction_min_files: usize,
+    /// Most rows one compaction merges (it holds them in memory).
+    pub compaction_max_rows: usize,
+    /// Files replaced by compaction or retention are deleted after this delay, so queries
+    /// already reading them finish.
+    #[serde(with = "humantime_serde")]
+    pub file_grace: Duration,
 }
 
 impl Default for StoreConfig {
@@ -56,7 +104,15 @@ impl Default for StoreConfig {
             write_queue: 8192,
             max_group_commit: 4096,
             commit_linger: Duration::ZERO,
-            max_memtable_rows: 5_000_000,
+            flush_rows: 500_000,
+            flush_interval: Duration::from_secs(60),
+            max_memtable_rows: 2_000_000,
+            partition: Duration::from_secs(24 * 3600),
+            retention: Duration::ZERO,
+            tables: BTreeMap::new(),
+            compaction_min_files: 8,
+            compaction_max_rows: 2_000_000,
+            file_grace: Duration::from_secs(600),
         }
     }
 }
@@ -71,13 +127,46 @@ impl StoreConfig {
         if self.max_group_commit == 0 {
             errs.push("store.max_group_commit must be at least 1".to_owned());
         }
-        if self.max_memtable_rows == 0 {
-            errs.push("store.max_memtable_rows must be at least 1".to_owned());
+        if self.flush_rows == 0 {
+            errs.push("store.flush_rows must be at least 1".to_owned());
+        }
+        if self.max_memtable_rows < self.flush_rows {
+            errs.push("store.max_memtable_rows must be at least store.flush_rows".to_owned());
         }
         if self.commit_linger > Duration::from_millis(100) {
             errs.push("store.commit_linger must be at most 100ms".to_owned());
         }
+        if self.flush_interval < Duration::from_millis(10) {
+            errs.push("store.flush_interval must be at least 10ms".to_owned());
+        }
+        if self.partition < Duration::from_secs(60)
+            || self.partition.as_nanos() > i64::MAX as u128 / 4
+        {
+            errs.push("store.partition must be between 1m and 100y".to_owned());
+        }
+        if self.compaction_min_files < 2 {
+            errs.push("store.compaction_min_files must be at least 2".to_owned());
+        }
+        for name in self.tables.keys() {
+            if let Err(e) = Measurement::new(name.as_str()) {
+                errs.push(format!("store.tables.{name}: {e}"));
+            }
+        }
         errs
+    }
+
+    fn partition_ns(&self) -> i64 {
+        i64::try_from(self.partition.as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    /// The retention of `table`, if it has one.
+    fn retention_of(&self, table: &str) -> Option<Duration> {
+        let r = self
+            .tables
+            .get(table)
+            .and_then(|t| t.retention)
+            .unwrap_or(self.retention);
+        (!r.is_zero()).then_some(r)
     }
 }
 
@@ -86,14 +175,34 @@ impl StoreConfig {
 pub struct StoreStats {
     /// Write requests made durable.
     pub writes: u64,
-    /// Write requests rejected (schema conflicts).
+    /// Write requests rejected (schema conflicts, memory full).
     pub rejected: u64,
     /// Group commits (fsyncs) done.
     pub commits: u64,
     /// Bytes appended to the WAL since start.
     pub wal_bytes: u64,
-    /// Rows held in memtables.
+    /// Rows held in memtables (active and being flushed).
     pub rows: usize,
+    /// Flushes completed since start.
+    pub flushes: u64,
+    /// Flushes that failed (retried later).
+    pub flush_errors: u64,
+    /// Compactions completed since start.
+    pub compactions: u64,
+    /// Partitions deleted by retention since start.
+    pub partitions_dropped: u64,
+    /// Data files in the catalog.
+    pub files: usize,
+    /// Bytes of data files in the catalog.
+    pub file_bytes: u64,
+    /// Rows in data files (before last-write-wins between overlapping files).
+    pub file_rows: u64,
+}
+
+enum Job {
+    Write(WriteRequest),
+    /// Freeze the memtables and flush them; answered when their rows are in files.
+    Flush(Option<oneshot::Sender<Result<(), StoreError>>>),
 }
 
 struct WriteRequest {
@@ -107,6 +216,63 @@ struct Counters {
     rejected: AtomicU64,
     commits: AtomicU64,
     wal_bytes: AtomicU64,
+    flushes: AtomicU64,
+    flush_errors: AtomicU64,
+    compactions: AtomicU64,
+    partitions_dropped: AtomicU64,
+}
+
+/// Memtables frozen for a flush: immutable, read by queries until their files are in the
+/// catalog.
+struct Frozen {
+    mem: Memtables,
+    /// Sequence number the flushed files get.
+    seq: u64,
+    /// First WAL segment not covered by these memtables.
+    wal_floor: u64,
+    /// Per table, the high-water mark each series had before this freeze (absent: none).
+    high_water_before: BTreeMap<Measurement, HashMap<SeriesKey, i64>>,
+}
+
+/// Everything readers and the writer share, under one lock.
+struct State {
+    schemas: Schemas,
+    active: Memtables,
+    frozen: Option<Arc<Frozen>>,
+    catalog: Catalog,
+}
+
+/// Whether a flush is running, for the writer to wait on when memory is full.
+#[derive(Default)]
+struct FlushGate {
+    busy: Mutex<bool>,
+    idle: Condvar,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    counters: Counters,
+    gate: FlushGate,
+    /// Set by the writer thread when a WAL write failed; checked by `submit`.
+    failed: AtomicBool,
+    /// Held by whoever changes the file set outside a flush (compaction, retention).
+    maintenance: Mutex<()>,
+    /// The data folder's lock file, held (and the folder ours) while this lives.
+    _lock: std::fs::File,
+    /// Files dropped from the catalog, deleted once `file_grace` has passed.
+    graveyard: Mutex<Vec<(std::time::Instant, PathBuf)>>,
+    config: StoreConfig,
+    dir: PathBuf,
+}
+
+impl Shared {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A consistent copy of one table's rows.
@@ -116,6 +282,22 @@ pub struct TableSnapshot {
     pub schema: SchemaRef,
     /// Its rows, sorted by series then time.
     pub batches: Vec<RecordBatch>,
+}
+
+/// What a reader needs to answer a query over one table and time range: the data files to
+/// scan and the rows that are not in those files. Rows in `files` and `batches` never share a
+/// series and time (partitions that could were merged into `batches`), so their union is the
+/// table. Files are not deleted while a view may still read them (see `store.file_grace`).
+#[derive(Debug, Clone)]
+pub struct TableView {
+    /// The table's schema (every file and batch holds a subset of its columns).
+    pub schema: SchemaRef,
+    /// Files whose time range meets the requested range.
+    pub files: Vec<Arc<DataFile>>,
+    /// In-memory rows and merged partitions within the range (may hold rows outside it).
+    pub batches: Vec<RecordBatch>,
+    /// Partitions whose files had to be merged in memory (late data not yet compacted).
+    pub merged_partitions: usize,
 }
 
 /// A write that was queued; await [`PendingWrite::wait`] for its durability.
@@ -133,65 +315,91 @@ impl PendingWrite {
 pub struct Store {
     /// Queue to the WAL writer thread; `None` once shutdown began. Bounded: see
     /// [`StoreConfig::write_queue`].
-    tx: RwLock<Option<mpsc::Sender<WriteRequest>>>,
-    /// Written by the WAL writer thread only (after each fsync), read by queries.
-    memtables: Arc<RwLock<Memtables>>,
-    counters: Arc<Counters>,
-    /// Set by the writer thread when a WAL write failed; checked by `submit`.
-    failed: Arc<AtomicBool>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    dir: PathBuf,
+    tx: RwLock<Option<mpsc::Sender<Job>>>,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Store {
-    /// Open (or create) the store under `dir`, replaying its WAL.
+    /// Open (or create) the store under `dir`: load the catalog, delete files it does not
+    /// name, replay the WAL segments not yet in files.
     pub fn open(dir: &Path, config: &StoreConfig) -> Result<(Self, ReplayReport), StoreError> {
-        let mut memtables = Memtables::default();
-        let (wal, report) = wal::open(&dir.join("wal"), |record| memtables.apply(record.points))?;
-        let memtables = Arc::new(RwLock::new(memtables));
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir, e))?;
+        let lock = lock_dir(dir)?;
+        let (catalog, mut schemas) = Catalog::load(dir)?;
+        let orphans = catalog.remove_orphans(dir)?;
+        if orphans > 0 {
+            tracing::info!(
+                orphans,
+                "deleted data files a crash left outside the catalog"
+            );
+        }
+        let partition_ns = config.partition_ns();
+        let mut active = Memtables::default();
+        let (wal, report) = wal::open(&dir.join("wal"), catalog.wal_floor, |record| {
+            for p in record.points {
+                admit(&mut schemas, &catalog, &mut active, p, partition_ns);
+            }
+        })?;
+        let shared = Arc::new(Shared {
+            state: RwLock::new(State {
+                schemas,
+                active,
+                frozen: None,
+                catalog,
+            }),
+            counters: Counters::default(),
+            gate: FlushGate::default(),
+            failed: AtomicBool::new(false),
+            maintenance: Mutex::new(()),
+            _lock: lock,
+            graveyard: Mutex::new(Vec::new()),
+            config: config.clone(),
+            dir: dir.to_owned(),
+        });
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
-        let counters = Arc::new(Counters::default());
-        let failed = Arc::new(AtomicBool::new(false));
+        let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<flush::Task>(1);
         let writer = {
-            let memtables = Arc::clone(&memtables);
-            let counters = Arc::clone(&counters);
-            let failed = Arc::clone(&failed);
-            let limits = Limits {
-                max_group: config.max_group_commit.max(1),
-                linger: config.commit_linger,
-                max_rows: config.max_memtable_rows,
-            };
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("ferrite-wal".into())
-                .spawn(move || run_writer(rx, wal, &memtables, &counters, &failed, &limits))
+                .spawn(move || run_writer(rx, wal, &shared, &flush_tx))
                 .map_err(|e| StoreError::io("starting the WAL writer for", dir, e))?
+        };
+        let flusher = {
+            let shared = Arc::clone(&shared);
+            let jobs = tx.downgrade();
+            std::thread::Builder::new()
+                .name("ferrite-flush".into())
+                .spawn(move || flush::run(&shared, &flush_rx, &jobs))
+                .map_err(|e| StoreError::io("starting the flush thread for", dir, e))?
         };
         Ok((
             Self {
                 tx: RwLock::new(Some(tx)),
-                memtables,
-                counters,
-                failed,
-                writer: Mutex::new(Some(writer)),
-                dir: dir.to_owned(),
+                shared,
+                threads: Mutex::new(vec![writer, flusher]),
             },
             report,
         ))
     }
 
-    /// Queue `points` as one write (all stored or none). Waits while the queue is full.
-    pub async fn submit(&self, points: Vec<Point>) -> Result<PendingWrite, StoreError> {
-        if self.failed.load(Ordering::Acquire) {
+    fn sender(&self) -> Result<mpsc::Sender<Job>, StoreError> {
+        if self.shared.failed.load(Ordering::Acquire) {
             return Err(StoreError::Failed);
         }
-        let tx = self
-            .tx
+        self.tx
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or(StoreError::ShuttingDown)?;
+            .ok_or(StoreError::ShuttingDown)
+    }
+
+    /// Queue `points` as one write (all stored or none). Waits while the queue is full.
+    pub async fn submit(&self, points: Vec<Point>) -> Result<PendingWrite, StoreError> {
+        let tx = self.sender()?;
         let (done, rx) = oneshot::channel();
-        tx.send(WriteRequest { points, done })
+        tx.send(Job::Write(WriteRequest { points, done }))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         Ok(PendingWrite(rx))
@@ -202,71 +410,246 @@ impl Store {
         self.submit(points).await?.wait().await
     }
 
-    /// Names of the tables that have rows.
+    /// Flush every row written before this call into data files; returns once they are in
+    /// the catalog (and their WAL segments deleted).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let tx = self.sender()?;
+        let (done, rx) = oneshot::channel();
+        tx.send(Job::Flush(Some(done)))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(StoreError::ShuttingDown))
+    }
+
+    /// Run compaction and retention now instead of at the next flush tick (for tests and
+    /// operators); returns the number of compactions done.
+    pub fn maintain(&self) -> Result<usize, StoreError> {
+        flush::maintain(&self.shared)
+    }
+
+    /// Names of the tables.
     pub fn tables(&self) -> Vec<String> {
-        self.read().table_names()
+        self.shared
+            .read()
+            .schemas
+            .tables
+            .keys()
+            .map(|m| m.as_str().to_owned())
+            .collect()
     }
 
     /// A table's current schema.
     pub fn schema(&self, table: &str) -> Option<SchemaRef> {
-        self.read().schema(table)
+        let m = Measurement::new(table).ok()?;
+        self.shared.read().schemas.tables.get(&m).map(|s| s.arrow())
     }
 
-    /// A consistent copy of a table's rows; `None` if there is no such table.
+    /// What a reader needs for the rows of `table` with time in `range` (ns); `None` if
+    /// there is no such table. Partitions that hold late rows not yet compacted are merged
+    /// here (read from their files), so the caller never sees two versions of a row.
+    pub fn table_view(
+        &self,
+        table: &str,
+        range: RangeInclusive<i64>,
+    ) -> Option<Result<TableView, StoreError>> {
+        let m = Measurement::new(table).ok()?;
+        let partition_ns = self.shared.config.partition_ns();
+        let (lo, hi) = (*range.start(), *range.end());
+        let state = self.shared.read();
+        let schema = state.schemas.tables.get(&m)?.clone();
+        let arrow = schema.arrow();
+        let frozen = state.frozen.clone();
+        let files: Vec<Arc<DataFile>> = state
+            .catalog
+            .tables
+            .get(&m)
+            .map(|t| {
+                t.files
+                    .iter()
+                    .filter(|f| f.meta.max_time >= lo && f.meta.min_time <= hi)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Partitions needing a merge: a late file, or late rows in memory.
+        let mut dirty: std::collections::BTreeSet<i64> = files
+            .iter()
+            .filter(|f| f.meta.late)
+            .map(|f| f.meta.partition)
+            .collect();
+        let active = state.active.tables.get(&m);
+        let frozen_table = frozen.as_ref().and_then(|f| f.mem.tables.get(&m));
+        for t in active.into_iter().chain(frozen_table) {
+            dirty.extend(
+                t.late_partitions()
+                    .range(partition_of(lo, partition_ns)..=partition_of(hi, partition_ns)),
+            );
+        }
+        let clean = |t: i64| !dirty.contains(&partition_of(t, partition_ns));
+        let result = (|| {
+            let mut batches = Vec::new();
+            // Rows in clean partitions: files, then frozen, then active never share a row.
+            if let Some(t) = frozen_table {
+                batches.extend(build_batches(
+                    &schema,
+                    &arrow,
+                    t.rows_in(lo..=hi).filter(|(_, t, _)| clean(*t)),
+                )?);
+            }
+            if let Some(t) = active {
+                batches.extend(build_batches(
+                    &schema,
+                    &arrow,
+                    t.rows_in(lo..=hi).filter(|(_, t, _)| clean(*t)),
+                )?);
+            }
+            // Active rows of dirty partitions are copied now; the merge reads files unlocked.
+            let active_dirty = match active {
+                Some(t) if !dirty.is_empty() => build_batches(
+                    &schema,
+                    &arrow,
+                    t.rows_in(lo..=hi).filter(|(_, t, _)| !clean(*t)),
+                )?,
+                _ => Vec::new(),
+            };
+            Ok::<_, arrow::error::ArrowError>((batches, active_dirty))
+        })();
+        drop(state);
+        let (mut batches, active_dirty) = match result {
+            Ok(r) => r,
+            Err(e) => return Some(Err(StoreError::Encode(e.to_string()))),
+        };
+        let (clean_files, dirty_files): (Vec<_>, Vec<_>) = files
+            .into_iter()
+            .partition(|f| !dirty.contains(&f.meta.partition));
+        if !dirty.is_empty() {
+            let mut merged = Table::default();
+            let mut dirty_files = dirty_files;
+            dirty_files.sort_by_key(|f| f.meta.seq);
+            let merge = (|| {
+                for f in &dirty_files {
+                    for b in files::read(&f.path)? {
+                        merged
+                            .insert_batch(&schema, &b)
+                            .map_err(|e| StoreError::Encode(e.to_string()))?;
+                    }
+                }
+                if let Some(t) = frozen_table {
+                    for (s, time, fields) in t.rows_in(lo..=hi).filter(|(_, t, _)| !clean(*t)) {
+                        merged.insert((**s).clone(), time, fields.clone(), None);
+                    }
+                }
+                for b in &active_dirty {
+                    merged
+                        .insert_batch(&schema, b)
+                        .map_err(|e| StoreError::Encode(e.to_string()))?;
+                }
+                build_batches(&schema, &arrow, merged.rows_in(lo..=hi))
+                    .map_err(|e| StoreError::Encode(e.to_string()))
+            })();
+            match merge {
+                Ok(b) => batches.extend(b),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(TableView {
+            schema: arrow,
+            files: clean_files,
+            batches,
+            merged_partitions: dirty.len(),
+        }))
+    }
+
+    /// Every row of a table, merged (last write wins), sorted by series then time; reads
+    /// every data file, so meant for tests, exports and small tables. `None` if there is no
+    /// such table.
     pub fn snapshot(&self, table: &str) -> Option<Result<TableSnapshot, StoreError>> {
-        let snap = self.read().snapshot(table)?;
-        Some(
-            snap.map(|(schema, batches)| TableSnapshot { schema, batches })
-                .map_err(|e| StoreError::Encode(e.to_string())),
-        )
+        let view = match self.table_view(table, i64::MIN..=i64::MAX)? {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        let m = Measurement::new(table).ok()?;
+        let schema = self.shared.read().schemas.tables.get(&m)?.clone();
+        let result = (|| {
+            let mut merged = Table::default();
+            let mut files = view.files.clone();
+            files.sort_by_key(|f| f.meta.seq);
+            for f in &files {
+                for b in files::read(&f.path)? {
+                    merged
+                        .insert_batch(&schema, &b)
+                        .map_err(|e| StoreError::Encode(e.to_string()))?;
+                }
+            }
+            for b in &view.batches {
+                merged
+                    .insert_batch(&schema, b)
+                    .map_err(|e| StoreError::Encode(e.to_string()))?;
+            }
+            let batches = build_batches(&schema, &view.schema, merged.rows())
+                .map_err(|e| StoreError::Encode(e.to_string()))?;
+            Ok(TableSnapshot {
+                schema: view.schema.clone(),
+                batches,
+            })
+        })();
+        Some(result)
     }
 
     /// Counters since start.
     pub fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        let state = self.shared.read();
+        let files = state.catalog.tables.values().flat_map(|t| t.files.iter());
+        let (mut n, mut bytes, mut rows) = (0, 0, 0);
+        for f in files {
+            n += 1;
+            bytes += f.meta.bytes;
+            rows += f.meta.rows;
+        }
         StoreStats {
-            writes: self.counters.writes.load(Ordering::Relaxed),
-            rejected: self.counters.rejected.load(Ordering::Relaxed),
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            wal_bytes: self.counters.wal_bytes.load(Ordering::Relaxed),
-            rows: self.read().rows(),
+            writes: c.writes.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            wal_bytes: c.wal_bytes.load(Ordering::Relaxed),
+            rows: state.active.rows() + state.frozen.as_ref().map_or(0, |f| f.mem.rows()),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            flush_errors: c.flush_errors.load(Ordering::Relaxed),
+            compactions: c.compactions.load(Ordering::Relaxed),
+            partitions_dropped: c.partitions_dropped.load(Ordering::Relaxed),
+            files: n,
+            file_bytes: bytes,
+            file_rows: rows,
         }
     }
 
     /// The folder the store lives in.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
-    /// Stop taking writes, let the writer finish every queued write, and wait for it.
+    /// Stop taking writes, let the writer finish every queued write, stop the flush thread
+    /// (a flush in progress completes), and wait for both. Unflushed rows stay in the WAL.
     /// Blocking: call from a blocking context.
     pub fn close(&self) {
         self.tx
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let handle = self
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(h) = handle
-            && h.join().is_err()
-        {
-            tracing::error!("the WAL writer thread panicked");
+        let handles =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for h in handles {
+            if h.join().is_err() {
+                tracing::error!("a store thread panicked");
+            }
         }
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Memtables> {
-        self.memtables
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        // Closing the queue ends the writer after it drained; no join here (Drop may run on
-        // an async worker).
+        // Closing the queue ends the writer after it drained, and with it the flush thread;
+        // no join here (Drop may run on an async worker).
         self.tx
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -274,59 +657,118 @@ impl Drop for Store {
     }
 }
 
-/// What bounds one group commit and the memtables.
-struct Limits {
-    max_group: usize,
-    linger: Duration,
-    max_rows: usize,
+/// Take the data folder's lock so a second process (or store) cannot open it at once.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io("opening", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StoreError::Locked(dir.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io("locking", &path, e)),
+    }
+}
+
+/// Admit a point whose types were checked into the schemas and the active memtables, marking
+/// it late if it is at or before its series' flushed high-water mark.
+fn admit(
+    schemas: &mut Schemas,
+    catalog: &Catalog,
+    active: &mut Memtables,
+    p: Point,
+    partition_ns: i64,
+) {
+    if !schemas.admit(&p) {
+        tracing::error!(measurement = %p.measurement, "point conflicts with its table's schema; skipped");
+        return;
+    }
+    let time = p.time.as_nanos();
+    let late = catalog
+        .tables
+        .get(&p.measurement)
+        .and_then(|t| t.high_water.get(&p.tags))
+        .is_some_and(|hw| time <= *hw)
+        .then(|| partition_of(time, partition_ns));
+    active.insert(p, late);
 }
 
 /// The WAL writer thread: take a group of requests, validate, append, fsync once, apply to
-/// the memtables, then complete every request of the group.
+/// the memtables, then complete every request of the group. Also freezes the memtables for
+/// the flush thread when they are due.
 fn run_writer(
-    mut rx: mpsc::Receiver<WriteRequest>,
+    mut rx: mpsc::Receiver<Job>,
     mut wal: wal::WalWriter,
-    memtables: &RwLock<Memtables>,
-    counters: &Counters,
-    failed: &AtomicBool,
-    limits: &Limits,
+    shared: &Shared,
+    flush_tx: &std::sync::mpsc::SyncSender<flush::Task>,
 ) {
-    let (max, linger) = (limits.max_group, limits.linger);
+    let config = &shared.config;
+    let max = config.max_group_commit.max(1);
+    let linger = config.commit_linger;
+    let partition_ns = config.partition_ns();
+    let counters = &shared.counters;
     let mut group: Vec<WriteRequest> = Vec::with_capacity(max);
+    let mut waiting_flushes: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
+    let mut last_freeze = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
-        group.push(first);
+        let (mut flush_now, mut tick) = (false, false);
+        let mut take = |job: Job, group: &mut Vec<WriteRequest>| match job {
+            Job::Write(w) => group.push(w),
+            Job::Flush(Some(done)) => {
+                flush_now = true;
+                waiting_flushes.push(done);
+            }
+            Job::Flush(None) => tick = true,
+        };
+        take(first, &mut group);
         let deadline = std::time::Instant::now() + linger;
         while group.len() < max {
             match rx.try_recv() {
-                Ok(r) => group.push(r),
+                Ok(job) => take(job, &mut group),
                 Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < deadline => {
                     std::thread::yield_now();
                 }
                 Err(_) => break,
             }
         }
-        if failed.load(Ordering::Acquire) {
+        if shared.failed.load(Ordering::Acquire) {
             for r in group.drain(..) {
                 let _ = r.done.send(Err(StoreError::Failed));
             }
+            for d in waiting_flushes.drain(..) {
+                let _ = d.send(Err(StoreError::Failed));
+            }
             continue;
         }
-        // Validate against the schema; a rejected request is answered now and not logged.
+        // Memory full: wait for a running flush, then freeze to make room.
+        if !group.is_empty() && shared.read().active.rows() >= config.max_memtable_rows {
+            flush::wait_idle(&shared.gate);
+            if let Err(e) = freeze(shared, &mut wal, flush_tx, None) {
+                fail(shared, &mut wal, &e);
+                continue;
+            }
+            last_freeze = std::time::Instant::now();
+        }
         let mut accepted = Vec::with_capacity(group.len());
         {
-            let mem = memtables.read().unwrap_or_else(PoisonError::into_inner);
+            let state = shared.read();
             let mut pending = PendingTypes::default();
-            let mut rows = mem.rows();
+            let mut rows = state.active.rows();
             for r in group.drain(..) {
                 // Counts every point as a new row: a replacement may be refused near the limit.
-                if rows + r.points.len() > limits.max_rows {
+                if rows + r.points.len() > config.max_memtable_rows.max(r.points.len()) {
                     counters.rejected.fetch_add(1, Ordering::Relaxed);
                     let _ = r.done.send(Err(StoreError::Full {
-                        max_rows: limits.max_rows,
+                        max_rows: config.max_memtable_rows,
                     }));
                     continue;
                 }
-                match mem.check(&r.points, &mut pending) {
+                match state.schemas.check(&r.points, &mut pending) {
                     Ok(()) => {
                         rows += r.points.len();
                         accepted.push(r);
@@ -338,46 +780,149 @@ fn run_writer(
                 }
             }
         }
-        if accepted.is_empty() {
-            continue;
-        }
-        let mut records = Vec::with_capacity(accepted.len());
-        let mut dones = Vec::with_capacity(accepted.len());
-        for r in accepted {
-            records.push(wal::WalRecord { points: r.points });
-            dones.push(r.done);
-        }
-        let appended = records.iter().try_for_each(|rec| wal.append(rec));
-        match appended.and_then(|()| wal.commit()) {
-            Ok(bytes) => {
-                counters.commits.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .wal_bytes
-                    .fetch_add(bytes as u64, Ordering::Relaxed);
-                counters
-                    .writes
-                    .fetch_add(dones.len() as u64, Ordering::Relaxed);
-                {
-                    let mut mem = memtables.write().unwrap_or_else(PoisonError::into_inner);
-                    for rec in records {
-                        mem.apply(rec.points);
+        if !accepted.is_empty() {
+            let mut records = Vec::with_capacity(accepted.len());
+            let mut dones = Vec::with_capacity(accepted.len());
+            for r in accepted {
+                records.push(wal::WalRecord { points: r.points });
+                dones.push(r.done);
+            }
+            let appended = records.iter().try_for_each(|rec| wal.append(rec));
+            match appended.and_then(|()| wal.commit()) {
+                Ok(bytes) => {
+                    counters.commits.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .wal_bytes
+                        .fetch_add(bytes as u64, Ordering::Relaxed);
+                    counters
+                        .writes
+                        .fetch_add(dones.len() as u64, Ordering::Relaxed);
+                    {
+                        let mut state = shared.write();
+                        let State {
+                            schemas,
+                            active,
+                            catalog,
+                            ..
+                        } = &mut *state;
+                        for rec in records {
+                            for p in rec.points {
+                                admit(schemas, catalog, active, p, partition_ns);
+                            }
+                        }
+                    }
+                    for d in dones {
+                        let _ = d.send(Ok(()));
                     }
                 }
-                for d in dones {
-                    let _ = d.send(Ok(()));
+                Err(e) => {
+                    for d in dones {
+                        let _ = d.send(Err(StoreError::Failed));
+                    }
+                    fail(shared, &mut wal, &e);
+                    continue;
                 }
             }
-            Err(e) => {
-                // After a failed write or fsync the file's state is unknown (fsync errors may
-                // not be reported twice), so stop acknowledging anything until restart.
-                tracing::error!(error = %e, "WAL write failed; the store refuses further writes");
-                failed.store(true, Ordering::Release);
-                wal.discard();
-                for d in dones {
-                    let _ = d.send(Err(StoreError::Failed));
-                }
+        }
+        let due = {
+            let state = shared.read();
+            !state.active.is_empty()
+                && state.frozen.is_none()
+                && (tick
+                    || state.active.rows() >= config.flush_rows
+                    || last_freeze.elapsed() >= config.flush_interval)
+        };
+        if flush_now || due {
+            if flush_now {
+                // An explicit flush covers everything written before it: finish the running
+                // flush first so this one can take all the rest.
+                flush::wait_idle(&shared.gate);
+            }
+            let waiting = std::mem::take(&mut waiting_flushes);
+            match freeze(shared, &mut wal, flush_tx, Some(waiting)) {
+                Ok(()) => last_freeze = std::time::Instant::now(),
+                Err(e) => fail(shared, &mut wal, &e),
             }
         }
     }
+    for d in waiting_flushes {
+        let _ = d.send(Err(StoreError::ShuttingDown));
+    }
     tracing::debug!("WAL writer stopped");
+}
+
+/// After a failed write, fsync or rotation the WAL's state is unknown (fsync errors may not be
+/// reported twice), so stop acknowledging anything until restart.
+fn fail(shared: &Shared, wal: &mut wal::WalWriter, e: &StoreError) {
+    tracing::error!(error = %e, "WAL write failed; the store refuses further writes");
+    shared.failed.store(true, Ordering::Release);
+    wal.discard();
+}
+
+/// Rotate the WAL and freeze the active memtables for the flush thread, which must be idle
+/// (no frozen memtables). With nothing to flush, answers the waiting flush requests at once.
+fn freeze(
+    shared: &Shared,
+    wal: &mut wal::WalWriter,
+    flush_tx: &std::sync::mpsc::SyncSender<flush::Task>,
+    waiting: Option<Vec<oneshot::Sender<Result<(), StoreError>>>>,
+) -> Result<(), StoreError> {
+    let waiting = waiting.unwrap_or_default();
+    {
+        let state = shared.read();
+        if state.frozen.is_some() {
+            // A failed flush still holds the last freeze; it is retried by the flush thread.
+            drop(state);
+            for d in waiting {
+                let _ = d.send(Err(StoreError::FlushPending));
+            }
+            return Ok(());
+        }
+        if state.active.is_empty() {
+            for d in waiting {
+                let _ = d.send(Ok(()));
+            }
+            return Ok(());
+        }
+    }
+    let wal_floor = wal.rotate()?;
+    let mut state = shared.write();
+    let mem = std::mem::take(&mut state.active);
+    let seq = state.catalog.next_seq;
+    state.catalog.next_seq += 1;
+    let mut high_water_before = BTreeMap::new();
+    for (name, table) in &mem.tables {
+        let files = state.catalog.tables.entry(name.clone()).or_default();
+        let mut before = HashMap::new();
+        for (series, max) in table.series_max() {
+            let hw = files
+                .high_water
+                .entry(Arc::clone(series))
+                .or_insert(i64::MIN);
+            if *hw != i64::MIN {
+                before.insert(Arc::clone(series), *hw);
+            }
+            *hw = (*hw).max(max);
+        }
+        high_water_before.insert(name.clone(), before);
+    }
+    let frozen = Arc::new(Frozen {
+        mem,
+        seq,
+        wal_floor,
+        high_water_before,
+    });
+    state.frozen = Some(Arc::clone(&frozen));
+    drop(state);
+    flush::mark_busy(&shared.gate);
+    if flush_tx
+        .send(flush::Task {
+            frozen,
+            done: waiting,
+        })
+        .is_err()
+    {
+        flush::mark_idle(&shared.gate);
+    }
+    Ok(())
 }

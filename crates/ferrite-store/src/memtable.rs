@@ -1,257 +1,293 @@
 //! In-memory tables of the points not yet in files: one [`Table`] per measurement, rows keyed
 //! by (series, time) so a rewrite of the same series and time replaces the row (last write
-//! wins, which makes retried writes idempotent).
+//! wins, which makes retried writes idempotent). Also the conversions between rows and Arrow
+//! record batches, used for snapshots, flushes and merges.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
     TimestampNanosecondBuilder, UInt64Builder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{
+    DataType, Float64Type, Int64Type, SchemaRef, TimestampNanosecondType, UInt64Type,
+};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
-use ferrite_core::decode::PayloadError;
-use ferrite_core::{DEVICE_ID_TAG, Measurement, Point, TIME_COLUMN, Value, ValueType};
+use ferrite_core::{Measurement, Point, TIME_COLUMN, Value, ValueType};
 
-/// Rows per record batch in a snapshot.
+use crate::schema::TableSchema;
+
+/// Rows per record batch built from rows.
 const BATCH_ROWS: usize = 8192;
 
-/// A row's identity: its tags in key order (the series) and its time.
-type RowKey = (Arc<BTreeMap<String, String>>, i64);
+/// A series: its tags in key order.
+pub(crate) type SeriesKey = Arc<BTreeMap<String, String>>;
+/// A row's identity: its series and its time.
+type RowKey = (SeriesKey, i64);
+/// A row's field values by name.
+pub(crate) type Fields = BTreeMap<String, Value>;
+/// A borrowed row: series, time, fields.
+pub(crate) type RowRef<'a> = (&'a SeriesKey, i64, &'a Fields);
 
-/// One measurement's rows and schema.
+/// The time partition (start, ns) that `time` falls in.
+pub(crate) fn partition_of(time: i64, partition_ns: i64) -> i64 {
+    time.div_euclid(partition_ns).saturating_mul(partition_ns)
+}
+
+/// One measurement's rows.
 #[derive(Default)]
 pub(crate) struct Table {
-    /// Tag keys in the order they were first seen; `device_id` first when present.
-    tag_keys: Vec<String>,
-    /// Field names and types in the order they were first seen.
-    fields: Vec<(String, ValueType)>,
-    field_types: HashMap<String, ValueType>,
-    rows: BTreeMap<RowKey, BTreeMap<String, Value>>,
+    rows: BTreeMap<RowKey, Fields>,
     /// Interned series so rows of one series share their tag map.
-    series: HashMap<Arc<BTreeMap<String, String>>, ()>,
+    series: HashMap<SeriesKey, ()>,
+    /// Partitions holding rows at or before their series' flushed high-water mark: such a row
+    /// may replace one already in a file, so reads of those partitions must merge.
+    late_partitions: BTreeSet<i64>,
 }
 
 impl Table {
-    fn insert(&mut self, point: Point) {
-        for key in point.tags.keys() {
-            if !self.tag_keys.iter().any(|k| k == key) {
-                if key == DEVICE_ID_TAG {
-                    self.tag_keys.insert(0, key.clone());
-                } else {
-                    self.tag_keys.push(key.clone());
-                }
-            }
+    /// Insert a row; `late` says it may replace a row already in a file of `partition`.
+    pub(crate) fn insert(
+        &mut self,
+        tags: BTreeMap<String, String>,
+        time: i64,
+        fields: Fields,
+        late: Option<i64>,
+    ) -> bool {
+        let series = self.intern(tags);
+        if let Some(partition) = late {
+            self.late_partitions.insert(partition);
         }
-        for (name, value) in &point.fields {
-            if !self.field_types.contains_key(name) {
-                self.field_types.insert(name.clone(), value.value_type());
-                self.fields.push((name.clone(), value.value_type()));
-            }
-        }
-        let tags = match self.series.get_key_value(&point.tags) {
+        self.rows.insert((series, time), fields).is_none()
+    }
+
+    fn intern(&mut self, tags: BTreeMap<String, String>) -> SeriesKey {
+        match self.series.get_key_value(&tags) {
             Some((k, ())) => Arc::clone(k),
             None => {
-                let k = Arc::new(point.tags);
+                let k = Arc::new(tags);
                 self.series.insert(Arc::clone(&k), ());
                 k
             }
-        };
-        self.rows
-            .insert((tags, point.time.as_nanos()), point.fields);
+        }
     }
 
-    fn schema(&self) -> SchemaRef {
-        let mut cols = Vec::with_capacity(1 + self.tag_keys.len() + self.fields.len());
-        cols.push(Field::new(
-            TIME_COLUMN,
-            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-            false,
-        ));
-        for k in &self.tag_keys {
-            cols.push(Field::new(k, DataType::Utf8, true));
-        }
-        for (name, ty) in &self.fields {
-            let dt = match ty {
-                ValueType::F64 => DataType::Float64,
-                ValueType::I64 => DataType::Int64,
-                ValueType::Bool => DataType::Boolean,
-                ValueType::Str => DataType::Utf8,
-                ValueType::U64 => DataType::UInt64,
-            };
-            cols.push(Field::new(name, dt, true));
-        }
-        Arc::new(Schema::new(cols))
+    pub(crate) fn late_partitions(&self) -> &BTreeSet<i64> {
+        &self.late_partitions
     }
 
-    /// The rows as Arrow record batches, sorted by series then time.
-    fn to_batches(&self) -> Result<(SchemaRef, Vec<RecordBatch>), ArrowError> {
-        let schema = self.schema();
-        let mut batches = Vec::with_capacity(self.rows.len().div_ceil(BATCH_ROWS));
-        let mut rows = self.rows.iter().peekable();
-        while rows.peek().is_some() {
-            let chunk: Vec<_> = rows.by_ref().take(BATCH_ROWS).collect();
-            let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-            let mut time =
-                TimestampNanosecondBuilder::with_capacity(chunk.len()).with_timezone("UTC");
-            for ((_, t), _) in &chunk {
-                time.append_value(*t);
+    /// Every row in (series, time) order.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = (&SeriesKey, i64, &Fields)> {
+        self.rows.iter().map(|((s, t), f)| (s, *t, f))
+    }
+
+    /// The rows whose time is in `range`, in (series, time) order, without visiting the
+    /// rows of each series outside it.
+    pub(crate) fn rows_in(
+        &self,
+        range: RangeInclusive<i64>,
+    ) -> impl Iterator<Item = (&SeriesKey, i64, &Fields)> {
+        let mut series: Vec<&SeriesKey> = self.series.keys().collect();
+        series.sort();
+        let (lo, hi) = (*range.start(), *range.end());
+        series.into_iter().flat_map(move |s| {
+            self.rows
+                .range((Arc::clone(s), lo)..=(Arc::clone(s), hi))
+                .map(|((s, t), f)| (s, *t, f))
+        })
+    }
+
+    /// The latest time of every series.
+    pub(crate) fn series_max(&self) -> impl Iterator<Item = (&SeriesKey, i64)> {
+        self.series.keys().filter_map(|s| {
+            self.rows
+                .range((Arc::clone(s), i64::MIN)..=(Arc::clone(s), i64::MAX))
+                .next_back()
+                .map(|((_, t), _)| (s, *t))
+        })
+    }
+
+    /// Add the rows of a record batch (read back from a file): a row replaces any row of the
+    /// same series and time already here. Columns are found by name; `schema` says which are
+    /// tags and the field types.
+    pub(crate) fn insert_batch(
+        &mut self,
+        schema: &TableSchema,
+        batch: &RecordBatch,
+    ) -> Result<(), ArrowError> {
+        let time = batch
+            .column_by_name(TIME_COLUMN)
+            .ok_or_else(|| ArrowError::SchemaError("a data file has no time column".into()))?
+            .as_primitive_opt::<TimestampNanosecondType>()
+            .ok_or_else(|| ArrowError::SchemaError("the time column is not ns".into()))?
+            .clone();
+        let mut tags = Vec::new();
+        for key in &schema.tag_keys {
+            if let Some(col) = batch.column_by_name(key) {
+                tags.push((key, string_column(col)?));
             }
-            cols.push(Arc::new(time.finish()));
-            for key in &self.tag_keys {
-                let mut b = StringBuilder::with_capacity(chunk.len(), chunk.len() * 8);
-                for ((tags, _), _) in &chunk {
-                    b.append_option(tags.get(key));
+        }
+        let mut fields = Vec::new();
+        for (name, ty) in &schema.fields {
+            if let Some(col) = batch.column_by_name(name) {
+                fields.push((name, *ty, Arc::clone(col)));
+            }
+        }
+        for row in 0..batch.num_rows() {
+            let mut t = BTreeMap::new();
+            for (key, col) in &tags {
+                if col.is_valid(row) {
+                    t.insert((*key).clone(), col.value(row).to_owned());
                 }
-                cols.push(Arc::new(b.finish()));
             }
-            for (name, ty) in &self.fields {
-                let col: ArrayRef = match ty {
-                    ValueType::F64 => {
-                        let mut b = Float64Builder::with_capacity(chunk.len());
-                        for (_, f) in &chunk {
-                            b.append_option(match f.get(name) {
-                                Some(Value::F64(v)) => Some(*v),
-                                _ => None,
-                            });
-                        }
-                        Arc::new(b.finish())
-                    }
-                    ValueType::I64 => {
-                        let mut b = Int64Builder::with_capacity(chunk.len());
-                        for (_, f) in &chunk {
-                            b.append_option(match f.get(name) {
-                                Some(Value::I64(v)) => Some(*v),
-                                _ => None,
-                            });
-                        }
-                        Arc::new(b.finish())
-                    }
-                    ValueType::U64 => {
-                        let mut b = UInt64Builder::with_capacity(chunk.len());
-                        for (_, f) in &chunk {
-                            b.append_option(match f.get(name) {
-                                Some(Value::U64(v)) => Some(*v),
-                                _ => None,
-                            });
-                        }
-                        Arc::new(b.finish())
-                    }
-                    ValueType::Bool => {
-                        let mut b = BooleanBuilder::with_capacity(chunk.len());
-                        for (_, f) in &chunk {
-                            b.append_option(match f.get(name) {
-                                Some(Value::Bool(v)) => Some(*v),
-                                _ => None,
-                            });
-                        }
-                        Arc::new(b.finish())
-                    }
-                    ValueType::Str => {
-                        let mut b = StringBuilder::new();
-                        for (_, f) in &chunk {
-                            b.append_option(match f.get(name) {
-                                Some(Value::Str(v)) => Some(v.as_str()),
-                                _ => None,
-                            });
-                        }
-                        Arc::new(b.finish())
-                    }
-                };
-                cols.push(col);
+            let mut f = Fields::new();
+            for (name, ty, col) in &fields {
+                if let Some(v) = value_at(col, *ty, row) {
+                    f.insert((*name).clone(), v);
+                }
             }
-            batches.push(RecordBatch::try_new(Arc::clone(&schema), cols)?);
+            self.insert(t, time.value(row), f, None);
         }
-        Ok((schema, batches))
+        Ok(())
     }
 }
 
-/// Field types decided by writes validated in the current group commit but not yet applied.
-#[derive(Default)]
-pub(crate) struct PendingTypes(HashMap<(Measurement, String), ValueType>);
+fn string_column(col: &ArrayRef) -> Result<arrow::array::StringArray, ArrowError> {
+    match col.data_type() {
+        DataType::Utf8 => Ok(col.as_string::<i32>().clone()),
+        _ => arrow::compute::cast(col, &DataType::Utf8).map(|a| a.as_string::<i32>().clone()),
+    }
+}
 
-/// All memtables.
+fn value_at(col: &ArrayRef, ty: ValueType, row: usize) -> Option<Value> {
+    if col.is_null(row) {
+        return None;
+    }
+    Some(match ty {
+        ValueType::F64 => Value::F64(col.as_primitive_opt::<Float64Type>()?.value(row)),
+        ValueType::I64 => Value::I64(col.as_primitive_opt::<Int64Type>()?.value(row)),
+        ValueType::U64 => Value::U64(col.as_primitive_opt::<UInt64Type>()?.value(row)),
+        ValueType::Bool => Value::Bool(col.as_boolean_opt()?.value(row)),
+        ValueType::Str => Value::Str(col.as_string_opt::<i32>()?.value(row).to_owned()),
+    })
+}
+
+/// Build record batches of `schema` from rows given in the order they should appear.
+pub(crate) fn build_batches<'a>(
+    schema: &TableSchema,
+    arrow: &SchemaRef,
+    rows: impl Iterator<Item = (&'a SeriesKey, i64, &'a Fields)>,
+) -> Result<Vec<RecordBatch>, ArrowError> {
+    let mut batches = Vec::new();
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<_> = rows.by_ref().take(BATCH_ROWS).collect();
+        batches.push(chunk_batch(schema, arrow, &chunk)?);
+    }
+    Ok(batches)
+}
+
+fn chunk_batch(
+    schema: &TableSchema,
+    arrow: &SchemaRef,
+    chunk: &[(&SeriesKey, i64, &Fields)],
+) -> Result<RecordBatch, ArrowError> {
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(arrow.fields().len());
+    let mut time = TimestampNanosecondBuilder::with_capacity(chunk.len()).with_timezone("UTC");
+    for (_, t, _) in chunk {
+        time.append_value(*t);
+    }
+    cols.push(Arc::new(time.finish()));
+    for key in &schema.tag_keys {
+        let mut b = StringBuilder::with_capacity(chunk.len(), chunk.len() * 8);
+        for (tags, _, _) in chunk {
+            b.append_option(tags.get(key));
+        }
+        cols.push(Arc::new(b.finish()));
+    }
+    for (name, ty) in &schema.fields {
+        let col: ArrayRef = match ty {
+            ValueType::F64 => {
+                let mut b = Float64Builder::with_capacity(chunk.len());
+                for (_, _, f) in chunk {
+                    b.append_option(match f.get(name) {
+                        Some(Value::F64(v)) => Some(*v),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+            ValueType::I64 => {
+                let mut b = Int64Builder::with_capacity(chunk.len());
+                for (_, _, f) in chunk {
+                    b.append_option(match f.get(name) {
+                        Some(Value::I64(v)) => Some(*v),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+            ValueType::U64 => {
+                let mut b = UInt64Builder::with_capacity(chunk.len());
+                for (_, _, f) in chunk {
+                    b.append_option(match f.get(name) {
+                        Some(Value::U64(v)) => Some(*v),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+            ValueType::Bool => {
+                let mut b = BooleanBuilder::with_capacity(chunk.len());
+                for (_, _, f) in chunk {
+                    b.append_option(match f.get(name) {
+                        Some(Value::Bool(v)) => Some(*v),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+            ValueType::Str => {
+                let mut b = StringBuilder::new();
+                for (_, _, f) in chunk {
+                    b.append_option(match f.get(name) {
+                        Some(Value::Str(v)) => Some(v.as_str()),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+        };
+        cols.push(col);
+    }
+    RecordBatch::try_new(Arc::clone(arrow), cols)
+}
+
+/// The rows of every table not yet in files.
 #[derive(Default)]
 pub(crate) struct Memtables {
-    tables: BTreeMap<Measurement, Table>,
+    pub(crate) tables: BTreeMap<Measurement, Table>,
     rows: usize,
 }
 
 impl Memtables {
-    /// Check that every point fits its table's schema (and the types of writes accepted
-    /// earlier in the same group commit); on success record the new field types in `pending`.
-    pub(crate) fn check(
-        &self,
-        points: &[Point],
-        pending: &mut PendingTypes,
-    ) -> Result<(), PayloadError> {
-        let mut new = Vec::new();
-        for p in points {
-            let table = self.tables.get(&p.measurement);
-            for (name, value) in &p.fields {
-                let found = value.value_type();
-                let key = (p.measurement.clone(), name.clone());
-                let expected = table
-                    .and_then(|t| t.field_types.get(name).copied())
-                    .or_else(|| pending.0.get(&key).copied())
-                    .or_else(|| new.iter().find(|(k, _)| *k == key).map(|(_, t)| *t));
-                match expected {
-                    Some(expected) if expected != found => {
-                        return Err(PayloadError::TypeConflict {
-                            field: name.clone(),
-                            expected,
-                            found,
-                        });
-                    }
-                    Some(_) => {}
-                    None => new.push((key, found)),
-                }
-            }
+    /// Insert a point whose schema was admitted; `late` is the partition if the point may
+    /// replace a row already in a file.
+    pub(crate) fn insert(&mut self, p: Point, late: Option<i64>) {
+        let table = self.tables.entry(p.measurement).or_default();
+        if table.insert(p.tags, p.time.as_nanos(), p.fields, late) {
+            self.rows += 1;
         }
-        pending.0.extend(new);
-        Ok(())
-    }
-
-    /// Insert points that passed [`Memtables::check`]. A point that does not fit (possible
-    /// only in a WAL written by a buggy build) is skipped and reported.
-    pub(crate) fn apply(&mut self, points: Vec<Point>) {
-        for p in points {
-            let fits = self.tables.get(&p.measurement).is_none_or(|t| {
-                p.fields
-                    .iter()
-                    .all(|(n, v)| t.field_types.get(n).is_none_or(|ty| *ty == v.value_type()))
-            });
-            if !fits {
-                tracing::error!(measurement = %p.measurement, "point conflicts with its table's schema; skipped");
-                continue;
-            }
-            let table = self.tables.entry(p.measurement.clone()).or_default();
-            let before = table.rows.len();
-            table.insert(p);
-            self.rows += table.rows.len() - before;
-        }
-    }
-
-    pub(crate) fn table_names(&self) -> Vec<String> {
-        self.tables.keys().map(|m| m.as_str().to_owned()).collect()
-    }
-
-    pub(crate) fn schema(&self, table: &str) -> Option<SchemaRef> {
-        let m = Measurement::new(table).ok()?;
-        self.tables.get(&m).map(Table::schema)
-    }
-
-    pub(crate) fn snapshot(
-        &self,
-        table: &str,
-    ) -> Option<Result<(SchemaRef, Vec<RecordBatch>), ArrowError>> {
-        let m = Measurement::new(table).ok()?;
-        self.tables.get(&m).map(Table::to_batches)
     }
 
     pub(crate) fn rows(&self) -> usize {
         self.rows
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows == 0
     }
 }

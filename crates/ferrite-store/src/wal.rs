@@ -13,6 +13,10 @@
 //! at all. A record that is incomplete or fails its checksum at the end of the newest segment
 //! is a torn write from a crash: the segment is cut there, keeping every earlier record. The
 //! same in an older segment is damage: the rest of that segment is skipped and reported.
+//!
+//! A flush rotates to a new segment first; once the flushed rows are in data files and the
+//! catalog records the new segment as its `wal_floor`, the older segments are deleted (and
+//! any left by a crash are deleted, not replayed, on open).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -53,6 +57,9 @@ pub struct ReplayReport {
 pub(crate) struct WalWriter {
     file: File,
     path: PathBuf,
+    dir: PathBuf,
+    /// Number of the segment being appended to.
+    segment: u64,
     buf: Vec<u8>,
 }
 
@@ -81,6 +88,17 @@ impl WalWriter {
     /// Drop records appended since the last commit (used when encoding fails midway).
     pub(crate) fn discard(&mut self) {
         self.buf.clear();
+    }
+
+    /// Start a new segment; every record appended before is in segments numbered below the
+    /// returned number. Called with nothing buffered.
+    pub(crate) fn rotate(&mut self) -> Result<u64, StoreError> {
+        let next = self.segment + 1;
+        let path = segment_path(&self.dir, next);
+        self.file = create_segment(&self.dir, &path)?;
+        self.path = path;
+        self.segment = next;
+        Ok(next)
     }
 
     /// Write the buffered records and fsync: the group commit. Returns the bytes written.
@@ -126,9 +144,11 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 /// the writer positioned at the end of the newest segment.
 pub(crate) fn open(
     dir: &Path,
+    floor: u64,
     mut apply: impl FnMut(WalRecord),
 ) -> Result<(WalWriter, ReplayReport), StoreError> {
     fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir, e))?;
+    remove_below(dir, floor)?;
     let segments = list_segments(dir)?;
     let mut report = ReplayReport::default();
     let newest = segments.last().map(|(n, _)| *n);
@@ -153,9 +173,9 @@ pub(crate) fn open(
             }
         }
     }
-    let (path, fresh) = match segments.last() {
-        Some((_, p)) => (p.clone(), false),
-        None => (segment_path(dir, 1), true),
+    let (segment, path, fresh) = match segments.last() {
+        Some((n, p)) => (*n, p.clone(), false),
+        None => (floor.max(1), segment_path(dir, floor.max(1)), true),
     };
     let mut file = OpenOptions::new()
         .create(true)
@@ -167,26 +187,54 @@ pub(crate) fn open(
         .map_err(|e| StoreError::io("seeking", &path, e))?;
     if fresh || len < HEADER_LEN {
         // A new segment, or one whose header itself was torn: start it over.
-        file.set_len(0)
-            .map_err(|e| StoreError::io("truncating", &path, e))?;
-        let mut header = Vec::with_capacity(HEADER_LEN as usize);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&VERSION.to_le_bytes());
-        header.extend_from_slice(&0u16.to_le_bytes());
-        file.write_all(&header)
-            .map_err(|e| StoreError::io("writing", &path, e))?;
-        file.sync_all()
-            .map_err(|e| StoreError::io("fsyncing", &path, e))?;
-        sync_dir(dir)?;
+        drop(file);
+        file = create_segment(dir, &path)?;
     }
     Ok((
         WalWriter {
             file,
             path,
+            dir: dir.to_owned(),
+            segment,
             buf: Vec::new(),
         },
         report,
     ))
+}
+
+/// Create (or start over) the segment at `path` with its header, durably.
+fn create_segment(dir: &Path, path: &Path) -> Result<File, StoreError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| StoreError::io("creating", path, e))?;
+    let mut header = Vec::with_capacity(HEADER_LEN as usize);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&0u16.to_le_bytes());
+    file.write_all(&header)
+        .map_err(|e| StoreError::io("writing", path, e))?;
+    file.sync_all()
+        .map_err(|e| StoreError::io("fsyncing", path, e))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Delete the segments numbered below `floor`: their records are all in data files.
+pub(crate) fn remove_below(dir: &Path, floor: u64) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for (n, path) in list_segments(dir)? {
+        if n < floor {
+            fs::remove_file(&path).map_err(|e| StoreError::io("removing", &path, e))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 //! Model-based test: random sequences of writes (in and out of order, duplicates, type
-//! conflicts), crashes with torn WAL tails, and reopens, checked against an in-memory model
-//! of what was acknowledged.
+//! conflicts), flushes to Parquet, compactions, crashes with torn WAL tails, and reopens,
+//! checked against an in-memory model of what was acknowledged — both the merged snapshot and
+//! the reader's view (files + in-memory rows, which must never share a row).
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -22,13 +23,25 @@ enum Op {
     /// Drop the store without closing it, then append `garbage` bytes to the WAL (a torn
     /// write), then reopen.
     Crash { garbage: Vec<u8> },
+    /// Flush the memtables into files.
+    Flush,
+    /// Compact and apply retention.
+    Maintain,
+    /// Check the reader's view of a time range (in steps of 30 s).
+    View { lo: i64, hi: i64 },
 }
+
+/// Model times are steps of 30 s, so 20 steps span ten one-minute partitions.
+const STEP: i64 = 30_000_000_000;
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (prop::collection::vec((0u8..4, 0i64..20, any::<i32>()), 1..6), prop::bool::weighted(0.1))
             .prop_map(|(rows, as_string)| Op::Write { rows, as_string }),
         1 => prop::collection::vec(any::<u8>(), 0..12).prop_map(|garbage| Op::Crash { garbage }),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Maintain),
+        1 => (0i64..20, 0i64..20).prop_map(|(a, b)| Op::View { lo: a.min(b), hi: a.max(b) }),
     ]
 }
 
@@ -41,6 +54,45 @@ fn contents(store: &Store) -> Model {
         return out;
     };
     for b in snap.unwrap().batches {
+        add_rows(&mut out, &b);
+    }
+    out
+}
+
+/// The rows a reader sees for `lo..=hi`: every file of the view read with the parquet crate,
+/// plus the view's in-memory batches. Fails if a row appears twice.
+fn view_contents(store: &Store, lo: i64, hi: i64) -> Result<Model, String> {
+    let mut out = Model::new();
+    let Some(view) = store.table_view("m", lo..=hi) else {
+        return Ok(out);
+    };
+    let view = view.unwrap();
+    let mut batches = view.batches.clone();
+    for f in &view.files {
+        let file = std::fs::File::open(&f.path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        batches.extend(reader.map(|b| b.unwrap()));
+    }
+    for b in batches {
+        let mut rows = Model::new();
+        add_rows(&mut rows, &b);
+        for (k, v) in rows {
+            if k.1 < lo || k.1 > hi {
+                continue;
+            }
+            if out.insert(k.clone(), v).is_some() {
+                return Err(format!("row {k:?} appears twice in the view"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn add_rows(out: &mut Model, b: &arrow::record_batch::RecordBatch) {
+    {
         let dev = b
             .column_by_name("device_id")
             .unwrap()
@@ -66,7 +118,6 @@ fn contents(store: &Store) -> Model {
             out.insert((dev.value(i).to_owned(), t.value(i)), v.value(i));
         }
     }
-    out
 }
 
 proptest! {
@@ -76,7 +127,12 @@ proptest! {
     fn store_matches_model_across_crashes(ops in prop::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig::default();
+        let config = StoreConfig {
+            partition: std::time::Duration::from_secs(60),
+            compaction_min_files: 2,
+            file_grace: std::time::Duration::ZERO,
+            ..StoreConfig::default()
+        };
         let mut store = Some(Store::open(dir.path(), &config).unwrap().0);
         let mut model = Model::new();
         for op in ops {
@@ -84,7 +140,7 @@ proptest! {
                 Op::Write { rows, as_string } => {
                     let points: Vec<Point> = rows.iter().map(|(d, t, v)| Point {
                         measurement: Measurement::new("m").unwrap(),
-                        time: Timestamp::from_nanos(*t),
+                        time: Timestamp::from_nanos(*t * STEP),
                         tags: BTreeMap::from([("device_id".to_owned(), format!("d{d}"))]),
                         fields: BTreeMap::from([(
                             "v".to_owned(),
@@ -103,12 +159,29 @@ proptest! {
                     } else {
                         prop_assert!(result.is_ok(), "{result:?}");
                         for (d, t, v) in rows {
-                            model.insert((format!("d{d}"), t), f64::from(v));
+                            model.insert((format!("d{d}"), t * STEP), f64::from(v));
                         }
                     }
                 }
+                Op::Flush => rt.block_on(store.as_ref().unwrap().flush()).unwrap(),
+                Op::Maintain => {
+                    store.as_ref().unwrap().maintain().unwrap();
+                }
+                Op::View { lo, hi } => {
+                    let (lo, hi) = (lo * STEP, hi * STEP);
+                    let seen = view_contents(store.as_ref().unwrap(), lo, hi);
+                    let expected: Model = model
+                        .iter()
+                        .filter(|((_, t), _)| (lo..=hi).contains(t))
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect();
+                    prop_assert_eq!(seen, Ok(expected));
+                }
                 Op::Crash { garbage } => {
-                    drop(store.take());
+                    // Stops the threads like a kill would, without flushing the memtables.
+                    let s = store.take().unwrap();
+                    s.close();
+                    drop(s);
                     // Every write above returned, so nothing is in flight: the torn bytes
                     // stand for a write that crashed before its acknowledgement.
                     let seg = std::fs::read_dir(dir.path().join("wal")).unwrap()

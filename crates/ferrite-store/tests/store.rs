@@ -55,7 +55,8 @@ async fn written_points_survive_reopen() {
         let stats = store.stats();
         assert_eq!(stats.writes, 500);
         assert!(stats.commits <= 500 && stats.commits >= 1);
-        // Dropped without close: like a crash after the acks.
+        // Closed without a flush: the rows are only in the WAL, like a crash after the acks.
+        store.close();
     }
     let (store, report) = Store::open(dir.path(), &StoreConfig::default()).unwrap();
     assert_eq!(report.records, 500);
@@ -224,13 +225,279 @@ async fn writes_after_close_are_refused() {
     ));
 }
 
+fn config() -> StoreConfig {
+    StoreConfig {
+        partition: std::time::Duration::from_secs(3600),
+        file_grace: std::time::Duration::ZERO,
+        ..StoreConfig::default()
+    }
+}
+
+const HOUR: i64 = 3_600_000_000_000;
+
+fn values(store: &Store) -> Vec<(String, i64, f64)> {
+    let snap = store.snapshot("telemetry").unwrap().unwrap();
+    let mut out = Vec::new();
+    for b in &snap.batches {
+        let d = b
+            .column_by_name("device_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let t = b
+            .column_by_name("time")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampNanosecondArray>()
+            .unwrap();
+        let v = b
+            .column_by_name("t")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            out.push((d.value(i).to_owned(), t.value(i), v.value(i)));
+        }
+    }
+    out
+}
+
+fn wal_segments(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("wal")).unwrap().count()
+}
+
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("tables")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test]
-async fn memtable_row_limit_refuses_whole_writes_and_keeps_earlier_ones() {
+async fn flush_moves_rows_into_parquet_files_and_truncates_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path(), &config()).unwrap();
+        // Two partitions (hours 0 and 1), three devices.
+        let points: Vec<_> = (0..300)
+            .map(|i| {
+                point(
+                    &format!("d{}", i % 3),
+                    i * HOUR / 150,
+                    "t",
+                    Value::F64(i as f64),
+                )
+            })
+            .collect();
+        store.write(points).await.unwrap();
+        store.flush().await.unwrap();
+        let stats = store.stats();
+        assert_eq!(stats.rows, 0, "memtables are empty after a flush");
+        assert_eq!(stats.files, 2, "one file per partition");
+        assert_eq!(stats.file_rows, 300);
+        assert_eq!(wal_segments(dir.path()), 1, "older WAL segments deleted");
+        assert_eq!(values(&store).len(), 300);
+        store.close();
+    }
+    let (store, report) = Store::open(dir.path(), &config()).unwrap();
+    assert_eq!(report.records, 0, "nothing left to replay");
+    let v = values(&store);
+    assert_eq!(v.len(), 300);
+    assert!(
+        v.iter()
+            .any(|(d, t, x)| d == "d2" && *t == 299 * HOUR / 150 && *x == 299.0)
+    );
+    // Any Parquet reader sees the rows, sorted by series then time, with the UTC timestamp.
+    let files = parquet_files(dir.path());
+    assert_eq!(files.len(), 2);
+    let mut total = 0;
+    for f in files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&f).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            reader.schema().field_with_name("time").unwrap().data_type(),
+            &arrow::datatypes::DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Nanosecond,
+                Some("UTC".into())
+            )
+        );
+        for b in reader.build().unwrap() {
+            total += b.unwrap().num_rows();
+        }
+    }
+    assert_eq!(total, 300);
+}
+
+#[tokio::test]
+async fn late_rewrites_win_over_flushed_rows_before_and_after_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(dir.path(), &config()).unwrap();
+    store
+        .write(
+            (0..10)
+                .map(|i| point("d1", i, "t", Value::F64(1.0)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    // Rewrite t=3 (a retry with a corrected value) and add t=20.
+    store
+        .write(vec![
+            point("d1", 3, "t", Value::F64(30.0)),
+            point("d1", 20, "t", Value::F64(2.0)),
+        ])
+        .await
+        .unwrap();
+    let view = store.table_view("telemetry", 0..=100).unwrap().unwrap();
+    assert_eq!(
+        view.merged_partitions, 1,
+        "a late row makes its partition merge"
+    );
+    assert!(
+        view.files.is_empty(),
+        "the merged partition's files are not scanned again"
+    );
+    let v = values(&store);
+    assert_eq!(v.len(), 11);
+    assert_eq!(v[3], ("d1".to_owned(), 3, 30.0));
+    store.flush().await.unwrap();
+    assert_eq!(
+        store.stats().files,
+        3,
+        "the first file, a late file and a plain one"
+    );
+    assert_eq!(values(&store)[3].2, 30.0);
+    assert_eq!(store.maintain().unwrap(), 1);
+    let stats = store.stats();
+    assert_eq!((stats.files, stats.file_rows), (1, 11));
+    let view = store.table_view("telemetry", 0..=100).unwrap().unwrap();
+    assert_eq!(view.merged_partitions, 0);
+    assert_eq!(view.files.len(), 1);
+    assert_eq!(values(&store)[3].2, 30.0);
+    assert_eq!(
+        parquet_files(dir.path()).len(),
+        1,
+        "compacted inputs deleted"
+    );
+    store.close();
+    drop(store);
+    let (store, _) = Store::open(dir.path(), &config()).unwrap();
+    assert_eq!(values(&store)[3].2, 30.0);
+}
+
+#[tokio::test]
+async fn many_small_files_are_compacted_into_one() {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
-        max_memtable_rows: 3,
-        ..StoreConfig::default()
+        compaction_min_files: 4,
+        ..config()
     };
+    let (store, _) = Store::open(dir.path(), &config).unwrap();
+    for round in 0..5 {
+        store
+            .write(
+                (0..20)
+                    .map(|i| point(&format!("d{i}"), round * 100 + i, "t", Value::F64(1.0)))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    assert_eq!(store.stats().files, 5);
+    assert_eq!(store.maintain().unwrap(), 1);
+    let stats = store.stats();
+    assert_eq!((stats.files, stats.file_rows), (1, 100));
+    assert_eq!(values(&store).len(), 100);
+}
+
+#[tokio::test]
+async fn retention_drops_whole_partitions_past_their_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        retention: std::time::Duration::from_secs(2 * 3600),
+        ..config()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let (store, _) = Store::open(dir.path(), &config).unwrap();
+    store
+        .write(vec![
+            point("d1", now - 5 * HOUR, "t", Value::F64(1.0)),
+            point("d1", now - 4 * HOUR, "t", Value::F64(2.0)),
+            point("d1", now - 60_000_000_000, "t", Value::F64(3.0)),
+        ])
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(store.stats().files, 3);
+    store.maintain().unwrap();
+    let stats = store.stats();
+    assert_eq!(stats.files, 1);
+    assert_eq!(stats.partitions_dropped, 2);
+    assert_eq!(
+        values(&store).into_iter().map(|r| r.2).collect::<Vec<_>>(),
+        [3.0]
+    );
+}
+
+#[tokio::test]
+async fn files_outside_the_catalog_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = Store::open(dir.path(), &config()).unwrap();
+        store
+            .write(vec![point("d1", 1, "t", Value::F64(1.0))])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        store.close();
+    }
+    // A flush cut short by a crash: a file written, never committed to the catalog.
+    let stray = parquet_files(dir.path())[0].with_file_name("00000000000000000099.parquet");
+    std::fs::write(&stray, b"partial").unwrap();
+    let (store, _) = Store::open(dir.path(), &config()).unwrap();
+    assert!(!stray.exists());
+    assert_eq!(values(&store).len(), 1);
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, _) = Store::open(dir.path(), &config()).unwrap();
+    let err = Store::open(dir.path(), &config()).err().unwrap();
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+}
+
+#[tokio::test]
+async fn failing_flushes_keep_rows_and_refuse_writes_past_the_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        flush_rows: 2,
+        max_memtable_rows: 3,
+        ..config()
+    };
+    // `tables` as a file: every flush fails, like a full or broken disk.
+    std::fs::write(dir.path().join("tables"), b"").unwrap();
     let (store, _) = Store::open(dir.path(), &config).unwrap();
     store
         .write(vec![
@@ -239,22 +506,32 @@ async fn memtable_row_limit_refuses_whole_writes_and_keeps_earlier_ones() {
         ])
         .await
         .unwrap();
-    let err = store
-        .write(vec![
-            point("d1", 3, "t", Value::F64(1.0)),
-            point("d1", 4, "t", Value::F64(1.0)),
-        ])
-        .await
-        .unwrap_err();
+    // The flush of those two fails and holds them; the next rows fill memory.
+    let err = loop {
+        match store
+            .write(vec![
+                point("d1", 3, "t", Value::F64(1.0)),
+                point("d1", 4, "t", Value::F64(1.0)),
+            ])
+            .await
+        {
+            Ok(()) => continue,
+            Err(e) => break e,
+        }
+    };
     assert!(matches!(err, StoreError::Full { max_rows: 3 }), "{err}");
     assert_eq!(
         ferrite_core::Classify::kind(&err),
         ferrite_core::ErrorKind::Unavailable
     );
-    assert_eq!(rows(&store), 2);
-    store
-        .write(vec![point("d1", 3, "t", Value::F64(1.0))])
-        .await
-        .unwrap();
-    assert_eq!(rows(&store), 3);
+    assert!(store.stats().flush_errors >= 1);
+    assert_eq!(rows(&store), 4, "nothing acknowledged was lost");
+    store.close();
+    drop(store);
+    // The disk is fixed: everything is replayed and flushes again.
+    std::fs::remove_file(dir.path().join("tables")).unwrap();
+    let (store, _) = Store::open(dir.path(), &config).unwrap();
+    assert_eq!(rows(&store), 4);
+    store.flush().await.unwrap();
+    assert_eq!(store.stats().file_rows, 4);
 }

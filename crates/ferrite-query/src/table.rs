@@ -1,0 +1,218 @@
+//! One measurement as a DataFusion table: the store's Parquet files (scanned with row-group
+//! and page pruning) united with its in-memory rows, restricted to the time range the query's
+//! filters allow so files and memtable rows outside it are never touched.
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, new_null_array};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+use ferrite_core::TIME_COLUMN;
+use ferrite_store::Store;
+
+/// A measurement of the store, as planned at one moment (its schema then).
+pub(crate) struct StoreTable {
+    pub(crate) store: Arc<Store>,
+    pub(crate) name: String,
+    pub(crate) schema: SchemaRef,
+}
+
+impl std::fmt::Debug for StoreTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreTable")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl TableProvider for StoreTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Used for pruning; DataFusion still applies every filter above the scan.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let range = time_range(filters);
+        let store = Arc::clone(&self.store);
+        let name = self.name.clone();
+        // A view may merge files of partitions with late rows: file I/O, off the workers.
+        let view = tokio::task::spawn_blocking(move || store.table_view(&name, range))
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let Some(view) = view else {
+            // Dropped since planning (cannot happen today: tables are never dropped).
+            let empty = MemTable::try_new(Arc::clone(&self.schema), vec![vec![]])?;
+            return empty.scan(state, projection, filters, limit).await;
+        };
+        let view = view.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut plans = Vec::with_capacity(2);
+        if !view.files.is_empty() {
+            let urls = view
+                .files
+                .iter()
+                .map(|f| ListingTableUrl::parse(f.path.to_string_lossy()))
+                .collect::<Result<Vec<_>>>()?;
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet");
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(Arc::clone(&self.schema));
+            let files = ListingTable::try_new(config)?;
+            plans.push(files.scan(state, projection, filters, limit).await?);
+        }
+        if !view.batches.is_empty() || plans.is_empty() {
+            let batches = view
+                .batches
+                .iter()
+                .map(|b| conform(b, &self.schema))
+                .collect::<Result<Vec<_>>>()?;
+            let mem = MemTable::try_new(Arc::clone(&self.schema), vec![batches])?;
+            plans.push(mem.scan(state, projection, filters, limit).await?);
+        }
+        UnionExec::try_new(plans)
+    }
+}
+
+/// `batch` with exactly `schema`'s columns, by name (the table may have gained columns since
+/// planning; columns it lacks are null).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema() == *schema {
+        return Ok(batch.clone());
+    }
+    let cols: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => Arc::clone(c),
+            None => new_null_array(f.data_type(), batch.num_rows()),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(Arc::clone(schema), cols)?)
+}
+
+/// The time range (ns, inclusive) that conjunctive filters on `time` allow.
+fn time_range(filters: &[Expr]) -> RangeInclusive<i64> {
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    for f in filters {
+        narrow(f, &mut lo, &mut hi);
+    }
+    lo..=hi
+}
+
+fn narrow(expr: &Expr, lo: &mut i64, hi: &mut i64) {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            if *op == Operator::And {
+                narrow(left, lo, hi);
+                narrow(right, lo, hi);
+                return;
+            }
+            let (op, value) = match (is_time(left), is_time(right)) {
+                (true, false) => (*op, nanos(right)),
+                (false, true) => (op.swap().unwrap_or(*op), nanos(left)),
+                _ => return,
+            };
+            let Some(v) = value else { return };
+            match op {
+                Operator::Gt => *lo = (*lo).max(v.saturating_add(1)),
+                Operator::GtEq => *lo = (*lo).max(v),
+                Operator::Lt => *hi = (*hi).min(v.saturating_sub(1)),
+                Operator::LtEq => *hi = (*hi).min(v),
+                Operator::Eq => {
+                    *lo = (*lo).max(v);
+                    *hi = (*hi).min(v);
+                }
+                _ => {}
+            }
+        }
+        Expr::Between(b) if !b.negated && is_time(&b.expr) => {
+            if let Some(v) = nanos(&b.low) {
+                *lo = (*lo).max(v);
+            }
+            if let Some(v) = nanos(&b.high) {
+                *hi = (*hi).min(v);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_time(e: &Expr) -> bool {
+    matches!(e, Expr::Column(c) if c.name == TIME_COLUMN)
+}
+
+/// A timestamp literal in ns (rounding so that the range only ever widens).
+fn nanos(e: &Expr) -> Option<i64> {
+    let Expr::Literal(v, _) = e else { return None };
+    match v {
+        ScalarValue::TimestampNanosecond(Some(n), _) => Some(*n),
+        ScalarValue::TimestampMicrosecond(Some(n), _) => n.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(n), _) => n.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(n), _) => n.checked_mul(1_000_000_000),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{col, lit};
+
+    fn ts(n: i64) -> Expr {
+        lit(ScalarValue::TimestampNanosecond(
+            Some(n),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn time_filters_narrow_the_range() {
+        assert_eq!(time_range(&[]), i64::MIN..=i64::MAX);
+        assert_eq!(
+            time_range(&[col("time").gt_eq(ts(10)), col("time").lt(ts(20))]),
+            10..=19
+        );
+        assert_eq!(time_range(&[ts(10).lt(col("time"))]), 11..=i64::MAX);
+        assert_eq!(
+            time_range(&[col("time").between(ts(5), ts(7)).and(col("x").eq(lit(1)))]),
+            5..=7
+        );
+        // An OR can't narrow: the range stays whole.
+        assert_eq!(
+            time_range(&[col("time").lt(ts(5)).or(col("time").gt(ts(9)))]),
+            i64::MIN..=i64::MAX
+        );
+        let ms = lit(ScalarValue::TimestampMillisecond(Some(3), None));
+        assert_eq!(time_range(&[col("time").gt_eq(ms)]), 3_000_000..=i64::MAX);
+    }
+}

@@ -1,0 +1,307 @@
+//! The catalog: which Parquet files make up each table, the tables' schemas, each series'
+//! flushed high-water mark, and which WAL segments the files already hold.
+//!
+//! # Format, version 1
+//!
+//! ```text
+//! catalog.bin : "FCAT" | version: u16 LE = 1 | reserved: u16 = 0 | len: u32 LE | crc32: u32 LE
+//!               | payload: postcard(CatalogData)
+//! tables/{measurement}/{partition start, UTC, YYYYMMDDTHHMMSSZ}/{file id:020}.parquet
+//! ```
+//!
+//! The catalog is replaced atomically: written to `catalog.bin.tmp`, fsynced, renamed over
+//! `catalog.bin`, and the folder fsynced. A data file is written and fsynced before the catalog
+//! that names it, and deleted only after a catalog without it is durable, so a crash at any
+//! point leaves the last catalog and every file it names intact. Files the catalog does not
+//! name (a flush or compaction cut short) are deleted on open.
+//!
+//! **Sequence numbers and last-write-wins.** Every file carries the sequence number of the
+//! flush that wrote it (a compaction's output keeps the highest of its inputs). Where two files
+//! hold a row of the same series and time, the higher sequence wins; the memtables are newer
+//! than every file. A flush writes rows newer than their series' high-water mark to a plain
+//! file and older rows to a *late* file, so plain files of one table never share a row:
+//! only partitions with a late file (or late rows in memory) need merging when read, and
+//! compaction merges them away.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferrite_core::Measurement;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::memtable::SeriesKey;
+use crate::schema::{Schemas, TableSchema};
+
+const MAGIC: &[u8; 4] = b"FCAT";
+const VERSION: u16 = 1;
+const HEADER_LEN: usize = 16;
+const FILE_NAME: &str = "catalog.bin";
+
+/// What the catalog records about one Parquet file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Unique id; also the file name.
+    pub id: u64,
+    /// Flush sequence: where files share a row, the higher sequence wins.
+    pub seq: u64,
+    /// Start of the time partition (ns since the epoch, UTC).
+    pub partition: i64,
+    /// Earliest row time in the file (ns).
+    pub min_time: i64,
+    /// Latest row time in the file (ns).
+    pub max_time: i64,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size of the file in bytes.
+    pub bytes: u64,
+    /// Holds rows at or before their series' earlier high-water mark, which may replace rows
+    /// of other files of the partition.
+    pub late: bool,
+}
+
+/// A data file named by the catalog. When the catalog drops it (compaction, retention) the
+/// file is deleted only after `store.file_grace`, so queries already reading it finish.
+#[derive(Debug)]
+pub struct DataFile {
+    /// What the catalog knows of it.
+    pub meta: FileMeta,
+    /// Where it is.
+    pub path: PathBuf,
+}
+
+impl DataFile {
+    pub(crate) fn new(meta: FileMeta, path: PathBuf) -> Self {
+        Self { meta, path }
+    }
+}
+
+/// The files and high-water marks of one table.
+#[derive(Default)]
+pub(crate) struct TableFiles {
+    pub(crate) files: Vec<Arc<DataFile>>,
+    /// Latest time of each series that reached a file (or a flush in progress).
+    pub(crate) high_water: HashMap<SeriesKey, i64>,
+}
+
+/// The catalog in memory.
+#[derive(Default)]
+pub(crate) struct Catalog {
+    pub(crate) next_file_id: u64,
+    pub(crate) next_seq: u64,
+    /// WAL segments numbered below this are wholly in files.
+    pub(crate) wal_floor: u64,
+    pub(crate) tables: BTreeMap<Measurement, TableFiles>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CatalogData {
+    next_file_id: u64,
+    next_seq: u64,
+    wal_floor: u64,
+    tables: Vec<TableEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TableEntry {
+    name: String,
+    schema: TableSchema,
+    files: Vec<FileMeta>,
+    high_water: Vec<(Vec<(String, String)>, i64)>,
+}
+
+/// The folder of a table's partition.
+pub(crate) fn partition_dir(root: &Path, table: &str, partition: i64) -> PathBuf {
+    let name = chrono::DateTime::from_timestamp_nanos(partition)
+        .format("%Y%m%dT%H%M%SZ")
+        .to_string();
+    root.join("tables").join(table).join(name)
+}
+
+/// The path of a data file.
+pub(crate) fn file_path(root: &Path, table: &str, meta: &FileMeta) -> PathBuf {
+    partition_dir(root, table, meta.partition).join(format!("{:020}.parquet", meta.id))
+}
+
+impl Catalog {
+    /// Load the catalog of the store in `root` (an empty one if there is none yet), with the
+    /// schemas it records.
+    pub(crate) fn load(root: &Path) -> Result<(Self, Schemas), StoreError> {
+        let path = root.join(FILE_NAME);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((
+                    Self {
+                        next_file_id: 1,
+                        next_seq: 1,
+                        wal_floor: 0,
+                        tables: BTreeMap::new(),
+                    },
+                    Schemas::default(),
+                ));
+            }
+            Err(e) => return Err(StoreError::io("reading", &path, e)),
+        };
+        let bad = |why: String| {
+            StoreError::io(
+                "reading",
+                &path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+            )
+        };
+        if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
+            return Err(bad("not a Ferrite catalog".into()));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != VERSION {
+            return Err(bad(format!(
+                "catalog format version {version} is not supported (this build reads {VERSION})"
+            )));
+        }
+        let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        let crc = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        let payload = bytes
+            .get(HEADER_LEN..HEADER_LEN + len)
+            .filter(|p| crc32fast::hash(p) == crc)
+            .ok_or_else(|| bad("the catalog is damaged (length or checksum)".into()))?;
+        let data: CatalogData =
+            postcard::from_bytes(payload).map_err(|e| bad(format!("undecodable catalog: {e}")))?;
+        let mut catalog = Self {
+            next_file_id: data.next_file_id,
+            next_seq: data.next_seq,
+            wal_floor: data.wal_floor,
+            tables: BTreeMap::new(),
+        };
+        let mut schemas = Schemas::default();
+        for t in data.tables {
+            let name = Measurement::new(t.name).map_err(|e| bad(e.to_string()))?;
+            let files = t
+                .files
+                .into_iter()
+                .map(|m| {
+                    let p = file_path(root, name.as_str(), &m);
+                    Arc::new(DataFile::new(m, p))
+                })
+                .collect();
+            let high_water = t
+                .high_water
+                .into_iter()
+                .map(|(tags, t)| (Arc::new(tags.into_iter().collect()), t))
+                .collect();
+            schemas.tables.insert(name.clone(), t.schema);
+            catalog
+                .tables
+                .insert(name, TableFiles { files, high_water });
+        }
+        Ok((catalog, schemas))
+    }
+
+    /// Write the catalog durably (see the module docs for the protocol).
+    pub(crate) fn save(&self, root: &Path, schemas: &Schemas) -> Result<(), StoreError> {
+        let data = CatalogData {
+            next_file_id: self.next_file_id,
+            next_seq: self.next_seq,
+            wal_floor: self.wal_floor,
+            tables: schemas
+                .tables
+                .iter()
+                .map(|(name, schema)| {
+                    let files = self.tables.get(name);
+                    TableEntry {
+                        name: name.as_str().to_owned(),
+                        schema: schema.clone(),
+                        files: files
+                            .map(|t| t.files.iter().map(|f| f.meta.clone()).collect())
+                            .unwrap_or_default(),
+                        high_water: files
+                            .map(|t| {
+                                t.high_water
+                                    .iter()
+                                    .map(|(s, t)| {
+                                        let tags =
+                                            s.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                                        (tags, *t)
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect(),
+        };
+        let payload =
+            postcard::to_allocvec(&data).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let len = u32::try_from(payload.len())
+            .map_err(|_| StoreError::Encode("the catalog exceeds 4 GiB".into()))?;
+        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        bytes.extend_from_slice(&0u16.to_le_bytes());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let tmp = root.join("catalog.bin.tmp");
+        let path = root.join(FILE_NAME);
+        let mut f = File::create(&tmp).map_err(|e| StoreError::io("creating", &tmp, e))?;
+        f.write_all(&bytes)
+            .map_err(|e| StoreError::io("writing", &tmp, e))?;
+        f.sync_all()
+            .map_err(|e| StoreError::io("fsyncing", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| StoreError::io("renaming", &tmp, e))?;
+        sync_dir(root)
+    }
+
+    /// Delete files under `tables/` that the catalog does not name: leftovers of a flush or
+    /// compaction a crash cut short. Returns how many.
+    pub(crate) fn remove_orphans(&self, root: &Path) -> Result<usize, StoreError> {
+        let named: std::collections::HashSet<&Path> = self
+            .tables
+            .values()
+            .flat_map(|t| t.files.iter().map(|f| f.path.as_path()))
+            .collect();
+        let mut removed = 0;
+        let tables = root.join("tables");
+        if !tables.is_dir() {
+            return Ok(0);
+        }
+        for file in walk(&tables)? {
+            if !named.contains(file.as_path()) {
+                fs::remove_file(&file).map_err(|e| StoreError::io("removing", &file, e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).map_err(|e| StoreError::io("listing", &d, e))? {
+            let entry = entry.map_err(|e| StoreError::io("listing", &d, e))?;
+            let path = entry.path();
+            if entry
+                .file_type()
+                .map_err(|e| StoreError::io("listing", &path, e))?
+                .is_dir()
+            {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("fsyncing", dir, e))
+}

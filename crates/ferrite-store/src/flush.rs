@@ -1,0 +1,427 @@
+//! The flush thread: writes frozen memtables into Parquet files, commits them to the catalog
+//! and deletes the WAL segments they cover; between flushes it compacts, applies retention,
+//! deletes retired files after their grace period, and asks the writer for timed flushes.
+//!
+//! A failed flush (disk full, I/O error) leaves the frozen memtables in memory, still
+//! queryable and still in the WAL, and is retried every tick; nothing is lost and no partial
+//! file enters the catalog.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferrite_core::Measurement;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog::{DataFile, FileMeta, file_path};
+use crate::error::StoreError;
+use crate::memtable::{RowRef, Table, build_batches, partition_of};
+use crate::{FlushGate, Frozen, Job, Shared, files, wal};
+
+/// Frozen memtables to flush and who waits for them.
+pub(crate) struct Task {
+    pub(crate) frozen: Arc<Frozen>,
+    pub(crate) done: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+pub(crate) fn mark_busy(gate: &FlushGate) {
+    *gate.busy.lock().unwrap_or_else(PoisonError::into_inner) = true;
+}
+
+pub(crate) fn mark_idle(gate: &FlushGate) {
+    *gate.busy.lock().unwrap_or_else(PoisonError::into_inner) = false;
+    gate.idle.notify_all();
+}
+
+/// Block until no flush is running.
+pub(crate) fn wait_idle(gate: &FlushGate) {
+    let mut busy = gate.busy.lock().unwrap_or_else(PoisonError::into_inner);
+    while *busy {
+        busy = gate.idle.wait(busy).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+/// The thread's loop; ends when the writer is gone.
+pub(crate) fn run(shared: &Shared, tasks: &Receiver<Task>, jobs: &mpsc::WeakSender<Job>) {
+    let tick = shared.config.flush_interval.min(Duration::from_secs(5));
+    let mut last_timed = Instant::now();
+    let mut last_maintenance = Instant::now();
+    // A flush that failed, retried every tick.
+    let mut retry: Option<Task> = None;
+    loop {
+        let task = match tasks.recv_timeout(tick) {
+            Ok(t) => Some(t),
+            Err(RecvTimeoutError::Timeout) => retry.take(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(task) = task {
+            mark_busy(&shared.gate);
+            match flush(shared, &task.frozen) {
+                Ok(()) => {
+                    shared.counters.flushes.fetch_add(1, Ordering::Relaxed);
+                    for d in task.done {
+                        let _ = d.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    shared.counters.flush_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "flush to data files failed; retrying (the rows stay in memory and in the WAL)");
+                    retry = Some(task);
+                }
+            }
+            mark_idle(&shared.gate);
+            last_timed = Instant::now();
+        }
+        if last_timed.elapsed() >= shared.config.flush_interval {
+            last_timed = Instant::now();
+            let due = {
+                let state = shared.read();
+                !state.active.is_empty() && state.frozen.is_none()
+            };
+            if due && let Some(tx) = jobs.upgrade() {
+                // Full queue: the writer is busy and will flush by size or age itself.
+                let _ = tx.try_send(Job::Flush(None));
+            }
+        }
+        if last_maintenance.elapsed() >= tick {
+            last_maintenance = Instant::now();
+            if let Err(e) = maintain(shared) {
+                tracing::error!(error = %e, "compaction or retention failed; retrying later");
+            }
+        }
+    }
+    if let Some(task) = retry {
+        for d in task.done {
+            let _ = d.send(Err(StoreError::ShuttingDown));
+        }
+    }
+    tracing::debug!("flush thread stopped");
+}
+
+/// Write frozen memtables into files (plain and late per table and partition), commit them
+/// to the catalog with the new WAL floor, then delete the covered WAL segments.
+fn flush(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
+    let partition_ns = shared.config.partition_ns();
+    let mut written: Vec<(Measurement, Arc<DataFile>)> = Vec::new();
+    let result = (|| {
+        for (name, table) in &frozen.mem.tables {
+            let schema = shared
+                .read()
+                .schemas
+                .tables
+                .get(name)
+                .cloned()
+                .unwrap_or_default();
+            let arrow = schema.arrow();
+            let before = frozen.high_water_before.get(name);
+            let mut groups: BTreeMap<(i64, bool), Vec<RowRef<'_>>> = BTreeMap::new();
+            for (series, time, fields) in table.rows() {
+                let late = before
+                    .and_then(|b| b.get(series))
+                    .is_some_and(|hw| time <= *hw);
+                groups
+                    .entry((partition_of(time, partition_ns), late))
+                    .or_default()
+                    .push((series, time, fields));
+            }
+            for ((partition, late), rows) in groups {
+                let file = write_file(
+                    shared, name, &schema, &arrow, partition, frozen.seq, late, &rows,
+                )?;
+                written.push((name.clone(), file));
+            }
+        }
+        Ok::<_, StoreError>(())
+    })();
+    if let Err(e) = result {
+        remove_files(written.iter().map(|(_, f)| f.path.clone()));
+        return Err(e);
+    }
+    {
+        let mut state = shared.write();
+        let old_floor = state.catalog.wal_floor;
+        for (name, file) in &written {
+            state
+                .catalog
+                .tables
+                .entry(name.clone())
+                .or_default()
+                .files
+                .push(Arc::clone(file));
+        }
+        state.catalog.wal_floor = frozen.wal_floor;
+        if let Err(e) = state.catalog.save(&shared.dir, &state.schemas) {
+            for (name, file) in &written {
+                if let Some(t) = state.catalog.tables.get_mut(name) {
+                    t.files.retain(|f| !Arc::ptr_eq(f, file));
+                }
+            }
+            state.catalog.wal_floor = old_floor;
+            drop(state);
+            remove_files(written.iter().map(|(_, f)| f.path.clone()));
+            return Err(e);
+        }
+        state.frozen = None;
+    }
+    let removed = wal::remove_below(&shared.dir.join("wal"), frozen.wal_floor)?;
+    tracing::debug!(
+        files = written.len(),
+        rows = frozen.mem.rows(),
+        wal_segments_removed = removed,
+        "flushed"
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_file(
+    shared: &Shared,
+    table: &Measurement,
+    schema: &crate::schema::TableSchema,
+    arrow: &arrow::datatypes::SchemaRef,
+    partition: i64,
+    seq: u64,
+    late: bool,
+    rows: &[RowRef<'_>],
+) -> Result<Arc<DataFile>, StoreError> {
+    let id = {
+        let mut state = shared.write();
+        let id = state.catalog.next_file_id;
+        state.catalog.next_file_id += 1;
+        id
+    };
+    let (min_time, max_time) = rows
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), (_, t, _)| {
+            (lo.min(*t), hi.max(*t))
+        });
+    let batches = build_batches(schema, arrow, rows.iter().copied())
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    let mut meta = FileMeta {
+        id,
+        seq,
+        partition,
+        min_time,
+        max_time,
+        rows: rows.len() as u64,
+        bytes: 0,
+        late,
+    };
+    let path = file_path(&shared.dir, table.as_str(), &meta);
+    meta.bytes = files::write(&path, arrow, schema.tag_keys.len(), &batches)?;
+    Ok(Arc::new(DataFile::new(meta, path)))
+}
+
+fn remove_files(paths: impl Iterator<Item = PathBuf>) {
+    for p in paths {
+        if let Err(e) = std::fs::remove_file(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %p.display(), error = %e, "could not delete a data file");
+        }
+    }
+}
+
+/// Apply retention, compact what needs it, delete retired files whose grace has passed.
+/// Returns the number of compactions done.
+pub(crate) fn maintain(shared: &Shared) -> Result<usize, StoreError> {
+    let _guard = shared
+        .maintenance
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    retention(shared)?;
+    let mut compactions = 0;
+    while let Some((table, inputs)) = pick_compaction(shared) {
+        compact(shared, &table, &inputs)?;
+        compactions += 1;
+    }
+    sweep_graveyard(shared);
+    Ok(compactions)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Drop the files of partitions that ended before their table's retention.
+fn retention(shared: &Shared) -> Result<(), StoreError> {
+    let partition_ns = shared.config.partition_ns();
+    let now = now_ns();
+    let mut state = shared.write();
+    let mut dropped: Vec<(Measurement, Arc<DataFile>)> = Vec::new();
+    for (name, files) in &state.catalog.tables {
+        let Some(retention) = shared.config.retention_of(name.as_str()) else {
+            continue;
+        };
+        let cutoff = now.saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX));
+        for f in &files.files {
+            if f.meta.partition.saturating_add(partition_ns) <= cutoff {
+                dropped.push((name.clone(), Arc::clone(f)));
+            }
+        }
+    }
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    let before: BTreeMap<Measurement, Vec<Arc<DataFile>>> = state
+        .catalog
+        .tables
+        .iter()
+        .map(|(n, t)| (n.clone(), t.files.clone()))
+        .collect();
+    for (name, file) in &dropped {
+        if let Some(t) = state.catalog.tables.get_mut(name) {
+            t.files.retain(|f| !Arc::ptr_eq(f, file));
+        }
+    }
+    if let Err(e) = state.catalog.save(&shared.dir, &state.schemas) {
+        for (name, files) in before {
+            if let Some(t) = state.catalog.tables.get_mut(&name) {
+                t.files = files;
+            }
+        }
+        return Err(e);
+    }
+    drop(state);
+    let partitions: std::collections::BTreeSet<(Measurement, i64)> = dropped
+        .iter()
+        .map(|(n, f)| (n.clone(), f.meta.partition))
+        .collect();
+    shared
+        .counters
+        .partitions_dropped
+        .fetch_add(partitions.len() as u64, Ordering::Relaxed);
+    tracing::info!(
+        partitions = partitions.len(),
+        files = dropped.len(),
+        "retention dropped partitions"
+    );
+    retire(shared, dropped.into_iter().map(|(_, f)| f));
+    Ok(())
+}
+
+/// A compaction to do: every file of a partition that holds a late file, or the small files
+/// of a partition that has `compaction_min_files` of them; within `compaction_max_rows`.
+fn pick_compaction(shared: &Shared) -> Option<(Measurement, Vec<Arc<DataFile>>)> {
+    const SMALL_FILE_BYTES: u64 = 64 << 20;
+    let config = &shared.config;
+    let state = shared.read();
+    for (name, files) in &state.catalog.tables {
+        let mut partitions: BTreeMap<i64, Vec<&Arc<DataFile>>> = BTreeMap::new();
+        for f in &files.files {
+            partitions.entry(f.meta.partition).or_default().push(f);
+        }
+        for files in partitions.values() {
+            let rows: u64 = files.iter().map(|f| f.meta.rows).sum();
+            if files.iter().any(|f| f.meta.late) && files.len() > 1 {
+                if rows <= config.compaction_max_rows as u64 {
+                    return Some((name.clone(), files.iter().map(|f| Arc::clone(f)).collect()));
+                }
+                continue;
+            }
+            if files.iter().all(|f| !f.meta.late) {
+                let mut small: Vec<_> = files
+                    .iter()
+                    .filter(|f| f.meta.bytes < SMALL_FILE_BYTES)
+                    .collect();
+                small.sort_by_key(|f| f.meta.seq);
+                let mut picked = Vec::new();
+                let mut rows = 0u64;
+                for f in small {
+                    if rows + f.meta.rows > config.compaction_max_rows as u64 && !picked.is_empty()
+                    {
+                        break;
+                    }
+                    rows += f.meta.rows;
+                    picked.push(Arc::clone(f));
+                }
+                if picked.len() >= config.compaction_min_files {
+                    return Some((name.clone(), picked));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Merge `inputs` (one partition of `table`) into one file, last write wins by sequence, and
+/// swap it in for them in the catalog.
+fn compact(
+    shared: &Shared,
+    table: &Measurement,
+    inputs: &[Arc<DataFile>],
+) -> Result<(), StoreError> {
+    let schema = shared
+        .read()
+        .schemas
+        .tables
+        .get(table)
+        .cloned()
+        .unwrap_or_default();
+    let arrow = schema.arrow();
+    let mut sorted = inputs.to_vec();
+    sorted.sort_by_key(|f| f.meta.seq);
+    let mut merged = Table::default();
+    for f in &sorted {
+        for batch in files::read(&f.path)? {
+            merged
+                .insert_batch(&schema, &batch)
+                .map_err(|e| StoreError::Encode(e.to_string()))?;
+        }
+    }
+    let rows: Vec<_> = merged.rows().collect();
+    let seq = sorted.iter().map(|f| f.meta.seq).max().unwrap_or(0);
+    let partition = sorted.first().map_or(0, |f| f.meta.partition);
+    let output = write_file(shared, table, &schema, &arrow, partition, seq, false, &rows)?;
+    {
+        let mut state = shared.write();
+        let Some(t) = state.catalog.tables.get_mut(table) else {
+            remove_files(std::iter::once(output.path.clone()));
+            return Ok(());
+        };
+        let before = t.files.clone();
+        t.files
+            .retain(|f| !inputs.iter().any(|i| Arc::ptr_eq(f, i)));
+        t.files.push(Arc::clone(&output));
+        if let Err(e) = state.catalog.save(&shared.dir, &state.schemas) {
+            if let Some(t) = state.catalog.tables.get_mut(table) {
+                t.files = before;
+            }
+            drop(state);
+            remove_files(std::iter::once(output.path.clone()));
+            return Err(e);
+        }
+    }
+    shared.counters.compactions.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(table = %table, inputs = inputs.len(), rows = output.meta.rows, "compacted");
+    retire(shared, inputs.iter().cloned());
+    Ok(())
+}
+
+fn retire(shared: &Shared, files: impl Iterator<Item = Arc<DataFile>>) {
+    let now = Instant::now();
+    shared
+        .graveyard
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(files.map(|f| (now, f.path.clone())));
+}
+
+fn sweep_graveyard(shared: &Shared) {
+    let grace = shared.config.file_grace;
+    let due: Vec<PathBuf> = {
+        let mut g = shared
+            .graveyard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (due, keep): (Vec<_>, Vec<_>) = g.drain(..).partition(|(t, _)| t.elapsed() >= grace);
+        *g = keep;
+        due.into_iter().map(|(_, p)| p).collect()
+    };
+    remove_files(due.into_iter());
+}
