@@ -1,6 +1,8 @@
-//! A small MQTT client over one TCP connection, built on `ferrite-mqtt-codec`: connect,
-//! publish at QoS 0/1 with pipelining, and read acknowledgements with their latency. Used by
-//! the simulator and by Ferrite's own tests and benchmarks.
+//! A small MQTT client over one TCP connection, built on `ferrite-mqtt-codec`: connect (with
+//! a will if asked), publish at QoS 0/1 with pipelining, read acknowledgements with their
+//! latency, and leave cleanly ([`Client::disconnect`]) or abruptly ([`Client::abort`], which
+//! makes the broker publish the will). Used by the simulator and by Ferrite's own tests and
+//! benchmarks.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use ferrite_mqtt_codec::{
     Connect, DecodeError, Decoder, Disconnect, Packet, Properties, ProtocolVersion, Publish, QoS,
-    ReasonCode,
+    ReasonCode, Will,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -68,6 +70,31 @@ pub struct Client {
     received: std::collections::VecDeque<Publish>,
 }
 
+/// How to connect: [`Client::connect_with`].
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// The client id (the device id).
+    pub client_id: String,
+    /// The MQTT version to speak.
+    pub version: ProtocolVersion,
+    /// Keep-alive in seconds (0: none).
+    pub keep_alive: u16,
+    /// The will the broker publishes if the connection ends without DISCONNECT.
+    pub will: Option<Will>,
+}
+
+impl ConnectOptions {
+    /// Options for `client_id` speaking `version`, keep-alive 60 s, no will.
+    pub fn new(client_id: impl Into<String>, version: ProtocolVersion) -> Self {
+        Self {
+            client_id: client_id.into(),
+            version,
+            keep_alive: 60,
+            will: None,
+        }
+    }
+}
+
 impl Client {
     /// Connect with a clean session and wait for CONNACK (10 s at most).
     pub async fn connect(
@@ -75,6 +102,20 @@ impl Client {
         client_id: &str,
         version: ProtocolVersion,
     ) -> Result<Self, ClientError> {
+        Self::connect_with(addr, ConnectOptions::new(client_id, version)).await
+    }
+
+    /// Connect with a clean session and `options`, and wait for CONNACK (10 s at most).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        options: ConnectOptions,
+    ) -> Result<Self, ClientError> {
+        let ConnectOptions {
+            client_id,
+            version,
+            keep_alive,
+            will,
+        } = options;
         let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::Timeout)??;
@@ -95,9 +136,9 @@ impl Client {
             .send(&Packet::Connect(Connect {
                 protocol: version,
                 clean_start: true,
-                keep_alive: 60,
-                client_id: client_id.to_owned(),
-                will: None,
+                keep_alive,
+                client_id,
+                will,
                 username: None,
                 password: None,
                 properties: Properties::default(),
@@ -265,6 +306,13 @@ impl Client {
     /// Publishes sent and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// Close the connection without DISCONNECT, as a device losing power or coverage does:
+    /// the broker publishes the will, if there is one. Unacknowledged publishes are
+    /// abandoned.
+    pub fn abort(self) {
+        drop(self);
     }
 
     /// Send DISCONNECT (normal) and close.

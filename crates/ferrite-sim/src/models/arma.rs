@@ -115,6 +115,20 @@ impl Arma {
         }
     }
 
+    /// Starts the process near its stationary distribution instead of from zero: every past
+    /// value is set to one draw from N(0, Var X) and the past innovations to zero, then a few
+    /// steps are discarded. Exact for AR(1) (whose state is its last value); for higher orders
+    /// the start is close to stationary and its error decays like the process's memory. Much
+    /// cheaper than [`warm_up`](Self::warm_up) for persistent processes (α close to 1), whose
+    /// zero start would take thousands of steps to forget.
+    pub fn start_stationary<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+        let level = self.variance().sqrt() * standard_normal(rng);
+        self.past_x.iter_mut().for_each(|x| *x = level);
+        self.past_eps.iter_mut().for_each(|e| *e = 0.0);
+        let settle = 2 * (self.ar.len() + self.ma.len());
+        self.warm_up(settle, rng);
+    }
+
     /// The stationary variance Var X = σ²·Σₖ ψₖ², where ψ₀ = 1 and
     /// ψₖ = βₖ + Σᵢ αᵢ·ψₖ₋ᵢ (βₖ = 0 beyond q) are the process's MA(∞) weights. The sum stops
     /// when the weights have decayed below 10⁻¹² of the running total, or after a million terms.
@@ -281,6 +295,33 @@ mod tests {
         // Yule–Walker for lag 2 (beyond q = 1): ρ₂ = α₁ρ₁ + α₂.
         let (r1, r2) = (autocorrelation(&xs, 1), autocorrelation(&xs, 2));
         assert!((r2 - (0.5 * r1 - 0.3)).abs() < 0.02, "ρ₁ {r1}, ρ₂ {r2}");
+    }
+
+    #[test]
+    fn a_stationary_start_has_the_stationary_spread_from_the_first_value() {
+        // AR(1) with α = 0.999 forgets a zero start only after thousands of steps; the
+        // stationary start has the right spread at once. Over 4 000 independent starts the first
+        // value's variance is Var X ± 2.2%.
+        let (alpha, sigma) = (0.999, 0.1);
+        let model = Arma::new(vec![alpha], vec![], sigma).unwrap();
+        let expected = model.variance();
+        let mut rng = StdRng::seed_from_u64(4);
+        let firsts: Vec<f64> = (0..4_000)
+            .map(|_| {
+                let mut m = model.clone();
+                m.start_stationary(&mut rng);
+                m.next(&mut rng)
+            })
+            .collect();
+        let v = variance(&firsts);
+        assert!((v / expected - 1.0).abs() < 0.1, "{v} vs {expected}");
+        let cold_first = (0..4_000)
+            .map(|_| model.clone().next(&mut rng))
+            .collect::<Vec<_>>();
+        assert!(
+            variance(&cold_first) < expected / 100.0,
+            "a zero start is far off"
+        );
     }
 
     #[test]

@@ -30,7 +30,7 @@ use rand::Rng;
 
 pub use arma::Arma;
 pub use rate::{ArrivalRate, Harmonic};
-pub use spatial::SpatialField;
+pub use spatial::{FieldWeights, SpatialField};
 
 /// Why a model could not be built: always a caller error, never retryable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -80,7 +80,7 @@ fn check(
 }
 
 /// One draw from the standard normal distribution N(0, 1).
-fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> f64 {
+pub(crate) fn standard_normal<R: Rng + ?Sized>(rng: &mut R) -> f64 {
     standard_normal_pair(rng).0
 }
 

@@ -70,6 +70,16 @@ pub const DEFAULT_FEATURES: usize = 512;
 /// 1/φ, the golden-ratio step that spreads the feature angles evenly for any D.
 const GOLDEN_STEP: f64 = 0.618_033_988_749_894_8;
 
+/// The feature weights of a [`SpatialField`] at one moment ([`SpatialField::weights`]): with
+/// the field's fixed frequencies they determine its value everywhere at that moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldWeights {
+    /// aⱼ at that moment.
+    cos: Vec<f64>,
+    /// bⱼ at that moment.
+    sin: Vec<f64>,
+}
+
 /// A spatially and temporally correlated field over devices; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct SpatialField {
@@ -217,6 +227,32 @@ impl SpatialField {
         })?;
         self.redraw(rho, rng);
         Ok(())
+    }
+
+    /// A copy of the current feature weights, to evaluate this moment of the field later with
+    /// [`value_with`](Self::value_with) while the field itself moves on. O(features).
+    pub fn weights(&self) -> FieldWeights {
+        FieldWeights {
+            cos: self.cos_weights.clone(),
+            sin: self.sin_weights.clone(),
+        }
+    }
+
+    /// The field's value at a point (meters) at the moment `weights` was taken from this field.
+    /// Weights of another field (of a different feature count) give 0 for the missing features.
+    pub fn value_with(&self, weights: &FieldWeights, x: f64, y: f64) -> f64 {
+        let mut sum = 0.0;
+        let n = self
+            .frequencies
+            .len()
+            .min(weights.cos.len())
+            .min(weights.sin.len());
+        for j in 0..n {
+            let (wx, wy) = self.frequencies[j];
+            let (sin, cos) = (wx * x + wy * y).sin_cos();
+            sum += weights.cos[j] * cos + weights.sin[j] * sin;
+        }
+        self.sigma / (self.frequencies.len() as f64).sqrt() * sum
     }
 
     fn redraw<R: Rng + ?Sized>(&mut self, rho: f64, rng: &mut R) {
@@ -416,6 +452,22 @@ mod tests {
                 "lag {lag}: {r}, expected {expected}"
             );
         }
+    }
+
+    #[test]
+    fn weight_snapshots_keep_a_moment_of_the_field() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let mut field = SpatialField::new(&[], 1.0, 50.0, 64, &mut rng).unwrap();
+        let then = field.weights();
+        let before = field.value_at(12.0, -3.0);
+        assert_eq!(field.value_with(&then, 12.0, -3.0), before);
+        field.step(0.0, &mut rng).unwrap();
+        assert_ne!(field.value_at(12.0, -3.0), before, "the field moved on");
+        assert_eq!(
+            field.value_with(&then, 12.0, -3.0),
+            before,
+            "the snapshot did not"
+        );
     }
 
     #[test]
