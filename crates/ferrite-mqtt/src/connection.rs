@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::ConnectRequest;
+use crate::auth::{ConnectRequest, SessionGuard};
 use crate::router::{Message, Outgoing, PublishOutcome, SessionHandle, SubscribeOptions, Verdict};
 use crate::server::Shared;
 
@@ -47,6 +47,19 @@ enum Exit {
     Shutdown,
     /// Another connection took over this client id.
     TakenOver,
+}
+
+impl Exit {
+    /// Why the connection ended, in a few words (for presence records).
+    fn describe(&self) -> &'static str {
+        match self {
+            Exit::ClientDisconnect { .. } => "client disconnected",
+            Exit::Lost => "connection lost",
+            Exit::Close(_, why) => why,
+            Exit::Shutdown => "server shutting down",
+            Exit::TakenOver => "session taken over",
+        }
+    }
 }
 
 type AckFuture = Pin<Box<dyn Future<Output = (InboundAck, PublishOutcome)> + Send>>;
@@ -213,11 +226,14 @@ async fn accept<S: AsyncWrite + Unpin>(
         peer,
         client_cert,
     };
-    if let Err(code) = shared.auth.authenticate(&request) {
-        tracing::info!(%peer, client_id = %client_id, reason = %code, "connection refused");
-        refuse(stream, shared, code, version).await;
-        return None;
-    }
+    let guard = match shared.auth.authenticate(&request) {
+        Ok(g) => g,
+        Err(code) => {
+            tracing::info!(%peer, client_id = %client_id, reason = %code, "connection refused");
+            refuse(stream, shared, code, version).await;
+            return None;
+        }
+    };
     let will = match connect
         .will
         .map(|w| TopicName::new(w.topic.clone()).map(|t| (t, w)))
@@ -270,7 +286,8 @@ async fn accept<S: AsyncWrite + Unpin>(
         return None;
     }
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%peer, client_id = %client_id, ?version, "client connected");
+    guard.connected(conn_id, peer);
+    tracing::debug!(%peer, client_id = %client_id, principal = guard.principal(), ?version, "client connected");
 
     let (tx, out_rx) = mpsc::channel(shared.config.session_queue);
     let handle = shared.router.register_session(Arc::clone(&client_id), tx);
@@ -297,6 +314,8 @@ async fn accept<S: AsyncWrite + Unpin>(
         client_receive_max,
         client_max_packet: connect.properties.maximum_packet_size,
         aliases: HashMap::new(),
+        revoked: guard.revoked(),
+        guard,
         will,
         wbuf: BytesMut::with_capacity(4096),
     })
@@ -332,6 +351,10 @@ struct Session {
     /// MQTT 5 topic aliases the client set when publishing.
     aliases: HashMap<u16, TopicName>,
     will: Option<(TopicName, ferrite_mqtt_codec::Will)>,
+    /// What this connection may do; checked on every publish and subscribe.
+    guard: Arc<dyn SessionGuard>,
+    /// The guard's revocation signal, polled by the session loop.
+    revoked: CancellationToken,
     /// Encoded packets waiting to be written.
     wbuf: BytesMut,
 }
@@ -379,6 +402,11 @@ impl Session {
             tokio::select! {
                 () = shared.shutdown.cancelled() => return Exit::Shutdown,
                 () = self.takeover.cancelled() => return Exit::TakenOver,
+                () = self.revoked.cancelled() => {
+                    shared.stats.revoked.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), "credentials revoked; closing");
+                    return Exit::Close(ReasonCode::NOT_AUTHORIZED, "credentials revoked");
+                }
                 Some((ack, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Err(exit) = self.settled(ack, outcome, shared) {
                         return exit;
@@ -516,6 +544,22 @@ impl Session {
             }
             self.inflight_in += 1;
         }
+        if !self.guard.may_publish(topic.as_str()) {
+            shared
+                .stats
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), topic = %topic, qos = ?p.qos, "publish not authorized");
+            // Answered in order with the other acks: 0x87 (MQTT 5) or a plain ack (3.1.1,
+            // which cannot refuse a publish); a QoS 0 publish is just dropped.
+            let outcome = PublishOutcome {
+                matched: 0,
+                verdict: Verdict::Rejected(ReasonCode::NOT_AUTHORIZED, "not authorized".into()),
+            };
+            self.pending
+                .push_back(Box::pin(std::future::ready((ack, outcome))));
+            return Ok(());
+        }
         let mut properties = p.properties;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
@@ -596,14 +640,28 @@ impl Session {
         let subscription_id = s.properties.subscription_identifiers.first().copied();
         let mut reason_codes = Vec::with_capacity(s.filters.len());
         for (filter, options) in s.filters {
-            let (share, filter) = match parse_filter(&filter) {
+            let raw = filter;
+            let (share, filter) = match parse_filter(&raw) {
                 Ok(f) => f,
                 Err(()) => {
-                    tracing::debug!(client_id = %self.client_id, filter, "invalid topic filter");
+                    tracing::debug!(client_id = %self.client_id, filter = raw, "invalid topic filter");
                     reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                     continue;
                 }
             };
+            if !self.guard.may_subscribe(&raw) {
+                shared
+                    .stats
+                    .subscriptions_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), filter = raw, "subscription not authorized");
+                reason_codes.push(if self.version == ProtocolVersion::V5 {
+                    ReasonCode::NOT_AUTHORIZED
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                });
+                continue;
+            }
             if share.is_some() && options.no_local {
                 // MQTT 5 forbids No Local on a shared subscription.
                 reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
@@ -776,6 +834,18 @@ impl Session {
         }
         shared.unregister_client(&self.client_id, self.conn_id);
         tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?exit, "client disconnected");
+        self.guard.disconnected(self.conn_id, exit.describe());
+        if publish_will
+            && let Some((topic, _)) = &self.will
+            && !self.guard.may_publish(topic.as_str())
+        {
+            shared
+                .stats
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), topic = %topic, "will not authorized; dropped");
+            self.will = None;
+        }
         if publish_will && let Some((topic, will)) = self.will.take() {
             let message = Message {
                 topic,

@@ -30,6 +30,12 @@ pub struct MqttStats {
     pub publishes_in: AtomicU64,
     /// Publishes refused by a durable consumer (bad payload, store unavailable).
     pub publishes_rejected: AtomicU64,
+    /// Publishes (QoS 0 ones dropped, others answered 0x87) the client was not authorized for.
+    pub publishes_denied: AtomicU64,
+    /// Subscription filters refused as not authorized.
+    pub subscriptions_denied: AtomicU64,
+    /// Connections closed because their credentials were revoked.
+    pub revoked: AtomicU64,
     /// PUBLISH packets sent to subscribers.
     pub publishes_out: AtomicU64,
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.

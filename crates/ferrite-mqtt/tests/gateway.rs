@@ -1,5 +1,6 @@
 //! The gateway alone, over real TCP: malformed input closes the connection with the right
-//! reason and never takes the server down; durable internal consumers gate the PUBACK.
+//! reason and never takes the server down; durable internal consumers gate the PUBACK; the
+//! authenticator's guard decides every publish and subscription and can end a session.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -8,7 +9,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferrite_core::{SystemClock, TopicFilter};
-use ferrite_mqtt::{AnonymousLoopback, MqttConfig, MqttServer, Router, Verdict};
+use ferrite_mqtt::{
+    AnonymousLoopback, Authenticator, ConnectRequest, MqttConfig, MqttServer, Router, SessionGuard,
+    Verdict,
+};
 use ferrite_mqtt_codec::{
     Connect, Decoder, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
 };
@@ -20,6 +24,19 @@ const WAIT: Duration = Duration::from_secs(10);
 static NEXT_CLIENT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 async fn start(router: Router) -> (MqttServer, CancellationToken) {
+    start_with(
+        router,
+        Arc::new(AnonymousLoopback {
+            allow_remote: false,
+        }),
+    )
+    .await
+}
+
+async fn start_with(
+    router: Router,
+    auth: Arc<dyn Authenticator>,
+) -> (MqttServer, CancellationToken) {
     let config = MqttConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..MqttConfig::default()
@@ -28,9 +45,7 @@ async fn start(router: Router) -> (MqttServer, CancellationToken) {
     let server = MqttServer::start(
         config,
         router,
-        Arc::new(AnonymousLoopback {
-            allow_remote: false,
-        }),
+        auth,
         Arc::new(SystemClock),
         shutdown.clone(),
     )
@@ -48,6 +63,14 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: SocketAddr, version: ProtocolVersion) -> Self {
+        let id = format!(
+            "raw-{}",
+            NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        Self::connect_as(addr, version, &id).await
+    }
+
+    async fn connect_as(addr: SocketAddr, version: ProtocolVersion, client_id: &str) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut decoder = Decoder::new(1 << 20);
         decoder.set_version(version);
@@ -61,10 +84,7 @@ impl Raw {
             protocol: version,
             clean_start: true,
             keep_alive: 30,
-            client_id: format!(
-                "raw-{}",
-                NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ),
+            client_id: client_id.to_owned(),
             will: None,
             username: None,
             password: None,
@@ -325,4 +345,215 @@ async fn shared_subscription_delivers_each_message_to_one_member() {
     }
     shutdown.cancel();
     server.wait().await;
+}
+
+/// A guard that allows a client only its own `devices/{client id}/` namespace, records its
+/// connection events, and can be revoked from the test.
+struct OwnNamespace {
+    id: String,
+    revoked: CancellationToken,
+    events: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SessionGuard for OwnNamespace {
+    fn principal(&self) -> &str {
+        &self.id
+    }
+    fn may_publish(&self, topic: &str) -> bool {
+        topic.starts_with(&format!("devices/{}/", self.id))
+    }
+    fn may_subscribe(&self, filter: &str) -> bool {
+        filter.starts_with(&format!("devices/{}/", self.id))
+    }
+    fn revoked(&self) -> CancellationToken {
+        self.revoked.clone()
+    }
+    fn connected(&self, connection: u64, _peer: SocketAddr) {
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("up {} {connection}", self.id));
+    }
+    fn disconnected(&self, connection: u64, reason: &str) {
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("down {} {connection} {reason}", self.id));
+    }
+}
+
+#[derive(Default)]
+struct Namespaces {
+    revoke: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
+    events: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Authenticator for Namespaces {
+    fn authenticate(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<Arc<dyn SessionGuard>, ReasonCode> {
+        if request.password != Some(b"secret".as_slice()) {
+            return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+        }
+        let revoked = CancellationToken::new();
+        self.revoke
+            .lock()
+            .unwrap()
+            .insert(request.client_id.to_owned(), revoked.clone());
+        Ok(Arc::new(OwnNamespace {
+            id: request.client_id.to_owned(),
+            revoked,
+            events: Arc::clone(&self.events),
+        }))
+    }
+}
+
+async fn connect_with_password(addr: SocketAddr, version: ProtocolVersion, id: &str) -> Raw {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut decoder = Decoder::new(1 << 20);
+    decoder.set_version(version);
+    let mut raw = Raw {
+        stream,
+        rbuf: BytesMut::new(),
+        decoder,
+        version,
+    };
+    raw.send(&Packet::Connect(Connect {
+        protocol: version,
+        clean_start: true,
+        keep_alive: 30,
+        client_id: id.to_owned(),
+        will: None,
+        username: Some(id.to_owned()),
+        password: Some(b"secret".to_vec().into()),
+        properties: Properties::default(),
+    }))
+    .await;
+    match raw.next().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    raw
+}
+
+fn publish(topic: &str, id: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: topic.to_owned(),
+        packet_id: Some(id),
+        payload: bytes::Bytes::from_static(b"x"),
+        properties: Properties::default(),
+    })
+}
+
+fn subscribe(filter: &str, id: u16) -> Packet {
+    Packet::Subscribe(ferrite_mqtt_codec::Subscribe {
+        packet_id: id,
+        filters: vec![(
+            filter.to_owned(),
+            ferrite_mqtt_codec::SubscriptionOptions::default(),
+        )],
+        properties: Properties::default(),
+    })
+}
+
+#[tokio::test]
+async fn the_guard_decides_publishes_and_subscriptions_with_each_versions_answer() {
+    let auth = Arc::new(Namespaces::default());
+    let (server, shutdown) = start_with(Router::new(100), auth.clone()).await;
+    let addr = server.local_addr();
+    for (version, denied_sub) in [
+        (ProtocolVersion::V5, ReasonCode::NOT_AUTHORIZED),
+        (ProtocolVersion::V311, ReasonCode::UNSPECIFIED_ERROR),
+    ] {
+        let id = format!("dev{}", version as u8);
+        let mut c = connect_with_password(addr, version, &id).await;
+        c.send(&subscribe(&format!("devices/{id}/#"), 1)).await;
+        match c.next().await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes, [ReasonCode::SUCCESS]),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        c.send(&subscribe("devices/+/telemetry", 2)).await;
+        match c.next().await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes, [denied_sub]),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        // Denied publish: 0x87 for MQTT 5, a plain PUBACK for 3.1.1; never delivered.
+        c.send(&publish("devices/other/telemetry", 3)).await;
+        match c.next().await {
+            Some(Packet::PubAck(a)) => {
+                assert_eq!(a.packet_id, 3);
+                let expected = if version == ProtocolVersion::V5 {
+                    ReasonCode::NOT_AUTHORIZED
+                } else {
+                    ReasonCode::SUCCESS
+                };
+                assert_eq!(a.reason_code, expected);
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        // An allowed publish comes back through the client's own subscription.
+        c.send(&publish(&format!("devices/{id}/telemetry"), 4))
+            .await;
+        let mut got_ack = false;
+        let mut got_message = false;
+        while !(got_ack && got_message) {
+            match c.next().await {
+                Some(Packet::PubAck(a)) if a.packet_id == 4 => got_ack = true,
+                Some(Packet::Publish(p)) => {
+                    assert_eq!(p.topic, format!("devices/{id}/telemetry"));
+                    got_message = true;
+                    if let Some(pid) = p.packet_id {
+                        c.send(&Packet::PubAck(ferrite_mqtt_codec::PubAck {
+                            packet_id: pid,
+                            reason_code: ReasonCode::SUCCESS,
+                            properties: Properties::default(),
+                        }))
+                        .await;
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        server
+            .stats()
+            .publishes_denied
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+
+    // Revocation ends a live session at once with 0x87.
+    let mut c = connect_with_password(addr, ProtocolVersion::V5, "victim").await;
+    auth.revoke.lock().unwrap()["victim"].cancel();
+    match c.next().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::NOT_AUTHORIZED),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(c.next().await.is_none());
+    let events = auth.events.lock().unwrap().clone();
+    let up = events.iter().find(|e| e.starts_with("up victim")).unwrap();
+    let conn: u64 = up.rsplit(' ').next().unwrap().parse().unwrap();
+    // The disconnect hook may run just after the socket closed: wait for it.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if auth
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e == &format!("down victim {conn} credentials revoked"))
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("disconnect hook runs");
+    shutdown.cancel();
 }

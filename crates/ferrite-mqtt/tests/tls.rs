@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferrite_core::SystemClock;
-use ferrite_mqtt::{Authenticator, ConnectRequest, MqttConfig, MqttServer, Router, TlsConfig};
+use ferrite_mqtt::{
+    Authenticator, ConnectRequest, MqttConfig, MqttServer, Router, SessionGuard, TlsConfig,
+    Unrestricted,
+};
 use ferrite_mqtt_codec::{Connect, Decoder, Packet, Properties, ProtocolVersion, ReasonCode};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls_pki_types::pem::PemObject;
@@ -71,12 +74,15 @@ fn pki() -> Pki {
 struct Recorder(Mutex<Vec<Option<Vec<u8>>>>);
 
 impl Authenticator for Recorder {
-    fn authenticate(&self, request: &ConnectRequest<'_>) -> Result<(), ReasonCode> {
+    fn authenticate(
+        &self,
+        request: &ConnectRequest<'_>,
+    ) -> Result<Arc<dyn SessionGuard>, ReasonCode> {
         self.0
             .lock()
             .unwrap()
             .push(request.client_cert.map(<[u8]>::to_vec));
-        Ok(())
+        Ok(Arc::new(Unrestricted::new(request.client_id)))
     }
 }
 
