@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's user path with real clients: start `ferrite serve` on a fresh data folder,
-# publish with mosquitto_pub (MQTT 5, 3.1.1, and over TLS with an openssl-made CA), receive
-# with mosquitto_sub, query with curl,
+# register a device with `ferrite device add` (admin token from the banner) and publish with
+# its token, publish with mosquitto_pub (MQTT 5, 3.1.1, and over TLS with an openssl-made CA),
+# receive with mosquitto_sub, query with curl,
 # kill -9 right after the PUBACK, restart, and check the rows are still there.
 # Talks only to 127.0.0.1; every wait is bounded.
 set -euo pipefail
@@ -30,7 +31,7 @@ openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key
 start() {
   FERRITE_MQTT_TLS_CERT="$work/server.pem" FERRITE_MQTT_TLS_KEY="$work/server.key" \
     "$bin" serve --data-dir "$work/data" --mqtt-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-    --set mqtt.tls.listen=127.0.0.1:0 >"$work/out" 2>"$work/err" &
+    --set mqtt.tls.listen=127.0.0.1:0 --anonymous loopback >"$work/out" 2>"$work/err" &
   pid=$!
   timeout 30 bash -c "until grep -q 'HTTP API' '$work/out'; do sleep 0.1; done" || fail "server did not start"
   mqtt=$(grep -o 'mqtt://[0-9.:]*' "$work/out" | head -1 | sed 's|mqtt://||')
@@ -42,6 +43,20 @@ start() {
 query() { curl -sS --max-time 10 -X POST "http://$http/api/v1/query" -d "$1"; }
 
 start
+admin=$(sed -n 's/^Admin API token (shown once; only its hash is kept): //p' "$work/out")
+[ -n "$admin" ] || fail "no admin token in the banner"
+
+# A registered device publishes with its token; a wrong token is refused.
+FERRITE_TOKEN="$admin" "$bin" device add d5 --type meter --http "$http" >"$work/d5" || fail "device add"
+d5=$(sed -n 's/^token (shown once): //p' "$work/d5")
+mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -i d5 -u d5 -P "$d5" -t devices/d5/telemetry \
+  -m '{"temperature":7.25}' || fail "mosquitto_pub with a device token"
+if mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -i d5 -u d5 -P wrong -t devices/d5/telemetry -m '{"temperature":1}' 2>/dev/null; then
+  fail "a wrong device token was accepted"
+fi
+code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer fa_nonsense' -X POST "http://$http/api/v1/query" -d 'SELECT 1')
+[ "$code" = 401 ] || fail "a bad API token gave HTTP $code"
+
 timeout 10 mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv5 -t 'devices/+/telemetry' -C 1 >"$work/sub" &
 sub=$!
 curl -sS --max-time 10 "http://$http/healthz" | grep -q ok || fail "healthz"
@@ -64,13 +79,14 @@ answer=$(query 'SELECT device_id, temperature FROM telemetry ORDER BY device_id'
 echo "$answer" | grep -q '"device_id":"d1","temperature":21.5' || fail "query: $answer"
 echo "$answer" | grep -q '"device_id":"d2","temperature":19.25' || fail "query: $answer"
 echo "$answer" | grep -q '"device_id":"d4","temperature":5.5' || fail "query (TLS row): $answer"
+echo "$answer" | grep -q '"device_id":"d5","temperature":7.25' || fail "query (token row): $answer"
 
 # kill -9 right after a PUBACK, then restart: the row is still there.
 mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t devices/d3/telemetry -m '{"temperature":-4.5}' || fail "mosquitto_pub before kill"
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 start
 answer=$(query 'SELECT count(*) AS n FROM telemetry')
-[ "$answer" = '[{"n":4}]' ] || fail "after kill -9 and restart: $answer"
+[ "$answer" = '[{"n":5}]' ] || fail "after kill -9 and restart: $answer"
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$http/api/v1/query" -d 'SELEC nonsense')
 [ "$code" = 400 ] || fail "bad SQL gave HTTP $code"
 kill -TERM "$pid"; wait "$pid" || fail "graceful shutdown exit code"; pid=""

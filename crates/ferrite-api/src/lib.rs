@@ -12,10 +12,13 @@
 //! Statuses come from the error's [`ErrorKind`]: 400 for bad input, 503 when overloaded, 500
 //! for internal failures.
 //!
-//! Access: until API tokens exist, requests are accepted only from loopback addresses unless
-//! the operator allows anonymous remote access ([`ApiConfig::allow_remote_anonymous`]).
-//! Not here yet: tokens and roles, pgwire, CSV/Arrow answers, streaming of large results.
+//! - the device registry and API tokens ([`fleet`]).
+//!
+//! Access: bearer API tokens with roles on every endpoint but `/healthz` and `/mqtt`
+//! ([`fleet::access`]); anonymous callers only where [`Anonymous`] allows.
+//! Not here yet: pgwire, streaming of large results, rules and audit endpoints.
 
+pub mod fleet;
 mod write;
 mod ws;
 
@@ -24,13 +27,14 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use ferrite_core::{Classify, ErrorKind};
 use ferrite_query::{QueryEngine, QueryError, QueryResult};
+pub use fleet::Anonymous;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -45,8 +49,10 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// The MQTT gateway, for MQTT over WebSocket at `/mqtt`; `None` disables it.
     pub mqtt: Option<ferrite_mqtt::MqttHandle>,
-    /// Accept requests from non-loopback addresses without credentials.
-    pub allow_remote_anonymous: bool,
+    /// The device registry and API tokens; `None` serves no registry and accepts no tokens.
+    pub fleet: Option<ferrite_fleet::Fleet>,
+    /// Who may call without a token.
+    pub anonymous: Anonymous,
 }
 
 /// Build the API's router.
@@ -57,8 +63,28 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v2/write", post(write::handle))
         .route("/write", post(write::handle))
         .route("/mqtt", get(ws::upgrade))
+        .route(
+            "/api/v1/devices",
+            post(fleet::create_device).get(fleet::list_devices),
+        )
+        .route(
+            "/api/v1/devices/{id}",
+            get(fleet::get_device)
+                .patch(fleet::update_device)
+                .delete(fleet::delete_device),
+        )
+        .route(
+            "/api/v1/devices/{id}/credentials",
+            post(fleet::create_credential),
+        )
+        .route("/api/v1/fleet", get(fleet::counts))
+        .route(
+            "/api/v1/tokens",
+            post(fleet::create_token).get(fleet::list_tokens),
+        )
+        .route("/api/v1/tokens/{id}", delete(fleet::revoke_token))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), access))
+        .layer(middleware::from_fn_with_state(state.clone(), fleet::access))
         .with_state(state)
 }
 
@@ -76,22 +102,6 @@ pub async fn serve(
     .await
 }
 
-async fn access(
-    State(state): State<ApiState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if state.allow_remote_anonymous || peer.ip().is_loopback() {
-        next.run(request).await
-    } else {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "anonymous access is allowed from loopback only",
-        )
-    }
-}
-
 async fn healthz() -> Response {
     axum::Json(serde_json::json!({"status": "ok"})).into_response()
 }
@@ -102,7 +112,15 @@ struct QueryBody {
     sql: String,
 }
 
-async fn query(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn query(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<ferrite_fleet::ApiPrincipal>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = fleet::require(&principal, ferrite_fleet::Permission::Query) {
+        return *r;
+    }
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

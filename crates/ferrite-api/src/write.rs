@@ -23,10 +23,14 @@ use crate::{ApiState, status_of};
 /// (`org`/`bucket` versus `db`); `precision` is read from either.
 pub(crate) async fn handle(
     State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<ferrite_fleet::ApiPrincipal>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(r) = crate::fleet::require(&principal, ferrite_fleet::Permission::WriteDevices) {
+        return *r;
+    }
     write(
         &state,
         params.get("precision").map(String::as_str),

@@ -43,9 +43,9 @@ pub struct Config {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Accept MQTT clients and HTTP requests without credentials from any address, not only
-    /// from loopback. Off by default: turning it on exposes the listeners unauthenticated.
-    pub allow_remote_anonymous: bool,
+    /// MQTT clients and HTTP requests without credentials: `off` refuses them (the default),
+    /// `loopback` admits those from loopback addresses, `any` everyone — with full access.
+    pub anonymous: ferrite_api::Anonymous,
 }
 
 /// `[http]`: the HTTP API listener.

@@ -9,6 +9,7 @@
 //!
 //! Also owns configuration loading ([`config`]). Holds no domain logic of its own.
 
+mod auth;
 pub mod config;
 mod ingest;
 
@@ -18,7 +19,8 @@ use std::sync::Arc;
 
 use ferrite_api::ApiState;
 use ferrite_core::{Clock, SystemClock, TelemetryTopic, TopicFilter};
-use ferrite_mqtt::{AnonymousLoopback, MqttServer, Router};
+use ferrite_fleet::{Actor, Fleet, FleetConfig};
+use ferrite_mqtt::{MqttServer, Router};
 use ferrite_query::QueryEngine;
 use ferrite_store::{ReplayReport, Store};
 use tokio::net::TcpListener;
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigErrors, ConfigSources};
+pub use ferrite_api::Anonymous;
 pub use ingest::IngestStats;
 
 /// Why the server could not start.
@@ -48,6 +51,9 @@ pub enum ServerError {
     /// The MQTT listener could not start.
     #[error(transparent)]
     Mqtt(#[from] ferrite_mqtt::MqttError),
+    /// The device registry could not be opened.
+    #[error("opening the device registry: {0}")]
+    Fleet(#[from] ferrite_fleet::FleetError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
@@ -61,6 +67,11 @@ pub enum ServerError {
 /// A running Ferrite.
 pub struct Server {
     mqtt: MqttServer,
+    fleet: Fleet,
+    /// The admin API token created on the first start of an empty data folder.
+    bootstrap_token: Option<String>,
+    /// Fleet event watcher and presence flusher; stop with `shutdown`.
+    background: TaskTracker,
     http_addr: SocketAddr,
     store: Arc<Store>,
     ingest_stats: Arc<IngestStats>,
@@ -117,11 +128,31 @@ impl Server {
             ingest.clone(),
         ));
 
-        let auth = Arc::new(AnonymousLoopback {
-            allow_remote: config.auth.allow_remote_anonymous,
-        });
-        let mqtt =
-            MqttServer::start(config.mqtt.clone(), router, auth, clock, shutdown.clone()).await?;
+        let fleet_dir = data_dir.join("fleet");
+        let fleet =
+            tokio::task::spawn_blocking(move || Fleet::open(&fleet_dir, FleetConfig::default()))
+                .await
+                .map_err(|e| ServerError::DataDir {
+                    path: data_dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
+        // The first start of an empty data folder creates an admin token, shown once.
+        let bootstrap_token = fleet
+            .bootstrap_admin(&Actor::System)?
+            .map(|t| t.token.into_string());
+        let auth =
+            auth::FleetAuthenticator::new(fleet.clone(), config.auth.anonymous, Arc::clone(&clock));
+        let background = TaskTracker::new();
+        background.spawn(auth.watch_events(shutdown.clone()));
+        background.spawn(flush_presence(fleet.clone(), shutdown.clone()));
+        let mqtt = MqttServer::start(
+            config.mqtt.clone(),
+            router,
+            Arc::new(auth),
+            clock,
+            shutdown.clone(),
+        )
+        .await?;
 
         let query = Arc::new(QueryEngine::new(Arc::clone(&store), config.query.clone())?);
         let app = ferrite_api::router(ApiState {
@@ -129,7 +160,8 @@ impl Server {
             store: Arc::clone(&store),
             max_body_bytes: config.http.max_body_bytes,
             mqtt: Some(mqtt.handle()),
-            allow_remote_anonymous: config.auth.allow_remote_anonymous,
+            fleet: Some(fleet.clone()),
+            anonymous: config.auth.anonymous,
         });
         let listener = TcpListener::bind(config.http.listen)
             .await
@@ -152,6 +184,9 @@ impl Server {
         });
         Ok(Self {
             mqtt,
+            fleet,
+            bootstrap_token,
+            background,
             http_addr,
             store,
             ingest_stats,
@@ -161,6 +196,17 @@ impl Server {
             http,
             ingest,
         })
+    }
+
+    /// The admin API token created by this start, if the data folder had none: shown once,
+    /// only its hash is stored.
+    pub fn bootstrap_token(&self) -> Option<&str> {
+        self.bootstrap_token.as_deref()
+    }
+
+    /// The device registry.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
     }
 
     /// Where MQTT listens.
@@ -220,8 +266,29 @@ impl Server {
         drop(self.mqtt);
         self.ingest.close();
         self.ingest.wait().await;
+        self.background.close();
+        self.background.wait().await;
+        let fleet = self.fleet.clone();
+        let _ = tokio::task::spawn_blocking(move || fleet.flush_presence()).await;
         let store = Arc::clone(&self.store);
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
         tracing::info!("stopped");
+    }
+}
+
+/// Write presence changes to the registry every few seconds (they are kept in memory between).
+async fn flush_presence(fleet: Fleet, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let f = fleet.clone();
+        match tokio::task::spawn_blocking(move || f.flush_presence()).await {
+            Ok(Err(e)) => tracing::error!(error = %e, "writing presence failed"),
+            Err(e) => tracing::error!(error = %e, "presence flush task failed"),
+            Ok(Ok(_)) => {}
+        }
     }
 }

@@ -14,11 +14,17 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A server that admits anonymous clients from loopback, as most tests here need.
 async fn start(dir: &Path) -> Server {
+    start_with(dir, ferrite_api::Anonymous::Loopback).await
+}
+
+async fn start_with(dir: &Path, anonymous: ferrite_api::Anonymous) -> Server {
     let mut config = Config::embedded();
     config.data_dir = dir.to_owned();
     config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.auth.anonymous = anonymous;
     Server::start(config).await.expect("server starts")
 }
 
@@ -570,5 +576,216 @@ async fn mqtt_over_websocket_stores_telemetry() {
         v,
         serde_json::json!([{"device_id": "ws-device", "temperature": 18.25}])
     );
+    server.shutdown().await;
+}
+
+async fn api(
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Connect over MQTT 5 with a user name and password; the CONNACK's reason, and the client.
+async fn connect_v5(
+    mqtt: SocketAddr,
+    id: &str,
+    credentials: Option<(&str, &str)>,
+) -> (
+    rumqttc::v5::mqttbytes::v5::ConnectReturnCode,
+    Client5,
+    rumqttc::v5::EventLoop,
+) {
+    let mut o = options5(id, mqtt);
+    if let Some((u, p)) = credentials {
+        o.set_credentials(u, p);
+    }
+    let (client, mut el) = Client5::new(o, 16);
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event5::Incoming(Packet5::ConnAck(a))) => return a.code,
+                Ok(_) => {}
+                Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => return code,
+                Err(e) => panic!("connect failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    (code, client, el)
+}
+
+#[tokio::test]
+async fn secure_by_default_devices_need_credentials_and_stay_in_their_namespace() {
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), ferrite_api::Anonymous::Off).await;
+    let (mqtt, http) = (server.mqtt_addr(), server.http_addr());
+    let admin = server
+        .bootstrap_token()
+        .expect("first start makes an admin token")
+        .to_owned();
+    let base = format!("http://{http}/api/v1");
+
+    // Anonymous MQTT and HTTP are refused; health stays open.
+    let (code, _, _) = connect_v5(mqtt, "nobody", None).await;
+    assert_eq!(code, ConnectReturnCode::NotAuthorized);
+    let (status, _) = api(reqwest::Method::POST, format!("{base}/query"), None, None).await;
+    assert_eq!(status, 401);
+    let health = reqwest::get(format!("http://{http}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+
+    // The admin registers a device and gets its token once.
+    let (status, created) = api(
+        reqwest::Method::POST,
+        format!("{base}/devices"),
+        Some(&admin),
+        Some(serde_json::json!({"id": "d1", "type": "sensor", "credential": true})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().unwrap().to_owned();
+    let (status, _) = api(
+        reqwest::Method::POST,
+        format!("{base}/devices"),
+        Some(&admin),
+        Some(serde_json::json!({"id": "d1"})),
+    )
+    .await;
+    assert_eq!(status, 409, "a second d1 conflicts");
+
+    // Wrong token: bad user name or password; right one: in.
+    let (code, _, _) = connect_v5(mqtt, "d1", Some(("d1", "fd_wrong"))).await;
+    assert_eq!(code, ConnectReturnCode::BadUserNamePassword);
+    let (code, client, mut el) = connect_v5(mqtt, "d1", Some(("d1", &token))).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    client
+        .publish(
+            "devices/d1/telemetry",
+            QoS5::AtLeastOnce,
+            false,
+            r#"{"t":1}"#,
+        )
+        .await
+        .unwrap();
+    client
+        .publish(
+            "devices/d2/telemetry",
+            QoS5::AtLeastOnce,
+            false,
+            r#"{"t":2}"#,
+        )
+        .await
+        .unwrap();
+    let mut reasons = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while reasons.len() < 2 {
+            if let Event5::Incoming(Packet5::PubAck(a)) = el.poll().await.unwrap() {
+                reasons.push(a.reason);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        reasons,
+        [PubAckReason::Success, PubAckReason::NotAuthorized]
+    );
+    let (status, rows) = api(
+        reqwest::Method::POST,
+        format!("{base}/query"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "empty SQL is a bad request: {rows}");
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/query"))
+        .bearer_auth(&admin)
+        .body("SELECT device_id, t FROM telemetry")
+        .send()
+        .await
+        .unwrap();
+    let rows: Value = resp.json().await.unwrap();
+    assert_eq!(rows, serde_json::json!([{"device_id": "d1", "t": 1.0}]));
+
+    // Presence says online; a viewer may read but not register devices.
+    let (status, d) = api(
+        reqwest::Method::GET,
+        format!("{base}/devices/d1"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(d["presence"]["online"], true, "{d}");
+    let (_, viewer) = api(
+        reqwest::Method::POST,
+        format!("{base}/tokens"),
+        Some(&admin),
+        Some(serde_json::json!({"name": "dash", "role": "viewer"})),
+    )
+    .await;
+    let viewer = viewer["token"].as_str().unwrap().to_owned();
+    let (status, _) = api(
+        reqwest::Method::GET,
+        format!("{base}/devices"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = api(
+        reqwest::Method::POST,
+        format!("{base}/devices"),
+        Some(&viewer),
+        Some(serde_json::json!({"id": "d9"})),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Deleting the device ends its live session at once.
+    let (status, _) = api(
+        reqwest::Method::DELETE,
+        format!("{base}/devices/d1"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event5::Incoming(Packet5::Disconnect(d))) => return Some(d.reason_code),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+    .expect("session ends in time");
+    if let Some(reason) = ended {
+        assert_eq!(
+            reason,
+            rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::NotAuthorized
+        );
+    }
+    let (code, _, _) = connect_v5(mqtt, "d1", Some(("d1", &token))).await;
+    assert_ne!(code, ConnectReturnCode::Success);
     server.shutdown().await;
 }

@@ -81,6 +81,10 @@ pub struct ConnectOptions {
     pub keep_alive: u16,
     /// The will the broker publishes if the connection ends without DISCONNECT.
     pub will: Option<Will>,
+    /// User name (a device id, for Ferrite's token authentication).
+    pub username: Option<String>,
+    /// Password (the device's token).
+    pub password: Option<Vec<u8>>,
 }
 
 impl ConnectOptions {
@@ -91,6 +95,8 @@ impl ConnectOptions {
             version,
             keep_alive: 60,
             will: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -115,6 +121,8 @@ impl Client {
             version,
             keep_alive,
             will,
+            username,
+            password,
         } = options;
         let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
             .await
@@ -139,8 +147,8 @@ impl Client {
                 keep_alive,
                 client_id,
                 will,
-                username: None,
-                password: None,
+                username,
+                password: password.map(Into::into),
                 properties: Properties::default(),
             }))
             .await?;

@@ -3,19 +3,25 @@
 //! 0 success, 1 runtime failure, 2 bad configuration or usage.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod fleet_cmd;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ferrite_core::{Classify, ErrorKind, Timestamp};
 use ferrite_mqtt_codec::ProtocolVersion;
 use ferrite_server::config::{self, ConfigSources, DEFAULT_TOML};
 use ferrite_server::{Config, Server};
-use ferrite_sim::{Progress, SimConfig};
+use ferrite_sim::{
+    BUILTIN_NAMES, Cadence, FileConfig, LiveOptions, OutputFormat, Progress, Scenario, SimConfig,
+    SimError, generate_file, generate_to_path,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Ferrite — MQTT gateway, telemetry store and SQL in one binary.
@@ -42,10 +48,25 @@ struct Cli {
 enum Command {
     /// Run Ferrite: MQTT gateway, telemetry store and HTTP SQL API.
     Serve(Overrides),
-    /// Simulate a fleet of devices publishing telemetry to a running Ferrite over MQTT.
-    Simulate(SimulateArgs),
+    /// Simulate a fleet of devices: publish telemetry to a running Ferrite over MQTT, or
+    /// write a dataset with ground truth (`--out`).
+    Simulate(Box<SimulateArgs>),
     /// Run SQL against a running Ferrite and print the answer.
     Query(QueryArgs),
+    /// Manage the device registry of a running Ferrite.
+    Device {
+        #[command(flatten)]
+        api: fleet_cmd::ApiArgs,
+        #[command(subcommand)]
+        command: fleet_cmd::DeviceCommand,
+    },
+    /// Manage API tokens of a running Ferrite.
+    Token {
+        #[command(flatten)]
+        api: fleet_cmd::ApiArgs,
+        #[command(subcommand)]
+        command: fleet_cmd::TokenCommand,
+    },
     /// Print or check the configuration.
     Config {
         #[command(subcommand)]
@@ -76,10 +97,10 @@ struct Overrides {
     /// HTTP listen address [config: http.listen].
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<String>,
-    /// Accept clients without credentials from any address, not only loopback
-    /// [config: auth.allow_remote_anonymous].
-    #[arg(long)]
-    allow_remote_anonymous: bool,
+    /// Admit MQTT clients and API calls without credentials: off, loopback or any
+    /// [config: auth.anonymous].
+    #[arg(long, value_name = "WHO", value_parser = ["off", "loopback", "any"])]
+    anonymous: Option<String>,
     /// Set any configuration key, e.g. `--set mqtt.receive_maximum=256` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -95,45 +116,119 @@ struct QueryArgs {
     /// Output: an aligned table, CSV or JSON rows.
     #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
     format: String,
+    /// API token with the viewer role or more.
+    #[arg(
+        long,
+        env = "FERRITE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
+/// `ferrite simulate`: live (publish over MQTT to a running server) by default, file mode
+/// (write a dataset) with `--out`.
 #[derive(Args)]
 struct SimulateArgs {
-    /// MQTT server to publish to.
-    #[arg(long, default_value = "127.0.0.1:1883", value_name = "ADDR")]
+    /// A built-in scenario (smart_building, fleet_trucks, factory_vibration,
+    /// city_air_quality) or a scenario TOML file. Without it, live mode publishes flat
+    /// `telemetry` readings (the plain load generator).
+    #[arg(long, value_name = "NAME|FILE")]
+    scenario: Option<String>,
+    /// Print a built-in scenario's TOML (to start a custom one from) and exit.
+    #[arg(long, value_name = "NAME")]
+    print_scenario: Option<String>,
+    /// MQTT server to publish to (live mode).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:1883",
+        value_name = "ADDR",
+        conflicts_with = "out"
+    )]
     mqtt: SocketAddr,
-    /// Number of devices (one MQTT connection each).
+    /// Number of devices (live: one MQTT connection each).
     #[arg(long, short = 'n', default_value_t = 10)]
     devices: usize,
-    /// Target publishes per second over all devices.
+    /// Readings per second over all devices [live default: 100]. With a scenario, tick
+    /// times follow its arrival rate λ(t), scaled to this mean.
     #[arg(
         long,
         short = 'r',
-        default_value_t = 100.0,
-        conflicts_with = "max_rate"
+        value_parser = parse_rate,
+        conflicts_with_all = ["max_rate", "interval"]
     )]
-    rate: f64,
-    /// Publish as fast as acknowledgements allow.
-    #[arg(long)]
+    rate: Option<f64>,
+    /// Publish as fast as acknowledgements allow (live mode).
+    #[arg(long, conflicts_with = "out")]
     max_rate: bool,
-    /// Stop after this long, e.g. `30s`, `5m` [default: until --count or Ctrl-C].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Stop after this long, e.g. `30s`, `5m` [default: until --count or Ctrl-C] (live mode).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "out")]
     duration: Option<Duration>,
-    /// Stop after this many publishes in total.
-    #[arg(long)]
+    /// Stop after this many publishes in total (live mode).
+    #[arg(long, conflicts_with = "out")]
     count: Option<u64>,
-    /// Seed of the generated readings.
+    /// Seed of everything random; the same seed gives the same readings (and, in file mode,
+    /// a byte-identical file).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Device id prefix; ids are PREFIX0, PREFIX1, ...
-    #[arg(long, default_value = "sim-")]
-    prefix: String,
-    /// MQTT version the devices speak.
-    #[arg(long, default_value = "5", value_parser = ["5", "3.1.1"])]
+    /// Device id prefix; ids are PREFIX0, PREFIX1, ... [default: the scenario's, else `sim-`].
+    #[arg(long)]
+    prefix: Option<String>,
+    /// MQTT version the devices speak (live mode).
+    #[arg(long, default_value = "5", value_parser = ["5", "3.1.1"], conflicts_with = "out")]
     mqtt_version: String,
-    /// Unacknowledged publishes per device before it waits.
-    #[arg(long, default_value_t = 32)]
+    /// Unacknowledged publishes per device before it waits (live mode).
+    #[arg(long, default_value_t = 32, conflicts_with = "out")]
     window: usize,
+    /// Inject none of the scenario's faults (clean data).
+    #[arg(long, requires = "scenario")]
+    no_faults: bool,
+    /// Write the ground truth of the injected faults (NDJSON) to this file.
+    #[arg(long, value_name = "FILE", requires = "scenario")]
+    truth: Option<PathBuf>,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// File mode: write a dataset to this file (`-`: standard output) instead of publishing.
+    #[arg(
+        long,
+        value_name = "FILE|-",
+        requires_all = ["scenario", "from", "to"]
+    )]
+    out: Option<PathBuf>,
+    /// Dataset format: `lp` (line protocol, ns), `ndjson` or `csv` (file mode).
+    #[arg(long, default_value = "lp", requires = "out")]
+    format: OutputFormat,
+    /// Dataset start (inclusive), RFC 3339, e.g. `2026-01-01T00:00:00Z` (file mode).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "out")]
+    from: Option<Timestamp>,
+    /// Dataset end (exclusive), RFC 3339 (file mode).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, requires = "out")]
+    to: Option<Timestamp>,
+    /// Each device reads every interval, aligned to --from, e.g. `10s` (file mode;
+    /// or --rate).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "out")]
+    interval: Option<Duration>,
+}
+
+/// A rate: a finite number > 0.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        Ok(_) => Err("must be a number > 0".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An RFC 3339 time (`2026-01-01T00:00:00Z`; without an offset, UTC).
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    let t = humantime::parse_rfc3339_weak(s).map_err(|e| format!("{e} (expected RFC 3339)"))?;
+    let ns = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map(|n| -n),
+    };
+    ns.map(Timestamp::from_nanos)
+        .map_err(|_| "out of range (years 1677-2262)".to_owned())
 }
 
 fn main() -> ExitCode {
@@ -182,8 +277,10 @@ fn main() -> ExitCode {
             Ok((config, _)) => runtime.block_on(serve(config)),
             Err(code) => code,
         },
-        Command::Simulate(args) => runtime.block_on(simulate(args)),
+        Command::Simulate(args) => runtime.block_on(simulate(*args)),
         Command::Query(args) => runtime.block_on(query(args)),
+        Command::Device { api, command } => runtime.block_on(fleet_cmd::device(api, command)),
+        Command::Token { api, command } => runtime.block_on(fleet_cmd::token(api, command)),
     }
 }
 
@@ -221,8 +318,8 @@ fn load_config(
     if let Some(a) = &o.http_listen {
         overrides.push(("http.listen".to_owned(), a.clone()));
     }
-    if o.allow_remote_anonymous {
-        overrides.push(("auth.allow_remote_anonymous".to_owned(), "true".to_owned()));
+    if let Some(a) = &o.anonymous {
+        overrides.push(("auth.anonymous".to_owned(), a.clone()));
     }
     let mut bad = Vec::new();
     for kv in &o.set {
@@ -257,7 +354,7 @@ fn load_config(
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let remote = config.auth.allow_remote_anonymous;
+    let anonymous = config.auth.anonymous;
     let server = match Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -267,10 +364,10 @@ async fn serve(config: Config) -> ExitCode {
     };
     let (mqtt, http) = (server.mqtt_addr(), server.http_addr());
     let replay = server.replay_report();
-    let access = if remote {
-        "anonymous clients from ANY address (auth.allow_remote_anonymous)"
-    } else {
-        "anonymous clients from loopback only"
+    let access = match anonymous {
+        ferrite_server::Anonymous::Off => "devices authenticate with their token or certificate",
+        ferrite_server::Anonymous::Loopback => "anonymous clients from loopback (auth.anonymous)",
+        ferrite_server::Anonymous::Any => "anonymous clients from ANY address (auth.anonymous)",
     };
     let mut banner = String::new();
     let _ = writeln!(banner, "Ferrite {} is running.", env!("CARGO_PKG_VERSION"));
@@ -288,16 +385,27 @@ async fn serve(config: Config) -> ExitCode {
         server.data_dir().display(),
         replay.records
     );
+    if let Some(token) = server.bootstrap_token() {
+        let _ = writeln!(
+            banner,
+            "Admin API token (shown once; only its hash is kept): {token}"
+        );
+    }
     let _ = writeln!(banner, "Try it:");
+    let _ = writeln!(banner, "  export FERRITE_TOKEN=<the admin token>");
     let _ = writeln!(
         banner,
-        "  mosquitto_pub -h {} -p {} -V mqttv5 -q 1 -t devices/d1/telemetry -m '{{\"temperature\":21.5}}'",
+        "  ferrite device add d1 --http {http}     # prints the device's token"
+    );
+    let _ = writeln!(
+        banner,
+        "  mosquitto_pub -h {} -p {} -V mqttv5 -q 1 -i d1 -u d1 -P <device token> -t devices/d1/telemetry -m '{{\"temperature\":21.5}}'",
         mqtt.ip(),
         mqtt.port()
     );
     let _ = writeln!(
         banner,
-        "  curl -s -X POST http://{http}/api/v1/query -d 'SELECT * FROM telemetry'"
+        "  curl -s -H \"Authorization: Bearer $FERRITE_TOKEN\" -X POST http://{http}/api/v1/query -d 'SELECT * FROM telemetry'"
     );
     let _ = writeln!(
         banner,
@@ -348,13 +456,11 @@ async fn query(args: QueryArgs) -> ExitCode {
         _ => "application/vnd.apache.arrow.stream",
     };
     let url = format!("http://{}/api/v1/query", args.http);
-    let response = match reqwest::Client::new()
-        .post(&url)
-        .header("Accept", accept)
-        .body(args.sql)
-        .send()
-        .await
-    {
+    let mut request = reqwest::Client::new().post(&url).header("Accept", accept);
+    if let Some(t) = &args.token {
+        request = request.bearer_auth(t);
+    }
+    let response = match request.body(args.sql).send().await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot reach Ferrite at {url}: {e}");
@@ -400,20 +506,24 @@ async fn query(args: QueryArgs) -> ExitCode {
 }
 
 async fn simulate(args: SimulateArgs) -> ExitCode {
-    let config = SimConfig {
-        server: args.mqtt,
-        devices: args.devices,
-        rate: (!args.max_rate).then_some(args.rate),
-        duration: args.duration,
-        count: args.count,
-        prefix: args.prefix,
-        seed: args.seed,
-        version: if args.mqtt_version == "5" {
-            ProtocolVersion::V5
-        } else {
-            ProtocolVersion::V311
-        },
-        window: args.window,
+    if let Some(name) = &args.print_scenario {
+        return match Scenario::builtin_toml(name) {
+            Some(text) => {
+                out(text);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "error: no built-in scenario {name:?}; the built-in scenarios are {}",
+                    BUILTIN_NAMES.join(", ")
+                );
+                ExitCode::from(2)
+            }
+        };
+    }
+    let scenario = match args.scenario.as_deref().map(Scenario::load).transpose() {
+        Ok(s) => s,
+        Err(e) => return sim_failure(&SimError::from(e)),
     };
     let progress = Arc::new(Progress::default());
     let cancel = CancellationToken::new();
@@ -424,6 +534,7 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
             cancel.cancel();
         });
     }
+    let file_mode = args.out.is_some();
     let reporter = {
         let progress = Arc::clone(&progress);
         tokio::spawn(async move {
@@ -432,49 +543,247 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let acked = progress.acked.load(Ordering::Relaxed);
-                let (p50, p99) = progress.percentiles();
-                eprintln!(
-                    "devices {:>6}  sent {:>9}  acked {:>9}  errors {:>6}  rate {:>8}/s  ack p50 {:>7.2}ms  p99 {:>7.2}ms",
-                    progress.connected.load(Ordering::Relaxed),
-                    progress.sent.load(Ordering::Relaxed),
-                    acked,
-                    progress.errors.load(Ordering::Relaxed),
-                    acked - last,
-                    p50.as_secs_f64() * 1e3,
-                    p99.as_secs_f64() * 1e3,
-                );
-                last = acked;
+                eprintln!("{}", progress_line(&progress, &mut last, file_mode));
             }
         })
     };
-    let result = ferrite_sim::run(config, progress, cancel).await;
+    let code = match (args.out.clone(), scenario) {
+        (Some(out), Some(scenario)) => {
+            simulate_file(args, scenario, out, Arc::clone(&progress), cancel).await
+        }
+        // clap requires --scenario with --out; without --out this is a live run.
+        (_, scenario) => simulate_live(args, scenario, Arc::clone(&progress), cancel).await,
+    };
     reporter.abort();
-    match result {
-        Ok(report) => {
-            eprintln!(
-                "achieved {:.1} acknowledged publishes/s over {:.1}s ({} sent, {} acked, {} errors; ack p50 {:.2}ms, p99 {:.2}ms)",
-                report.acked_per_s,
-                report.elapsed_s,
-                report.sent,
-                report.acked,
-                report.errors,
-                report.p50_ms,
-                report.p99_ms
-            );
-            match serde_json::to_string(&report) {
-                Ok(s) => out(&format!("{s}\n")),
-                Err(e) => eprintln!("cannot print the report: {e}"),
-            }
-            if report.errors > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
+    code
+}
+
+/// One line of progress per second on standard error.
+fn progress_line(progress: &Progress, last: &mut u64, file_mode: bool) -> String {
+    if file_mode {
+        let rows = progress.sent.load(Ordering::Relaxed);
+        let line = format!("rows {rows:>12}  rate {:>10}/s", rows - *last);
+        *last = rows;
+        return line;
+    }
+    let acked = progress.acked.load(Ordering::Relaxed);
+    let (p50, p99) = progress.percentiles();
+    let line = format!(
+        "devices {:>6}  sent {:>9}  acked {:>9}  errors {:>6}  faults {:>6}  rate {:>8}/s  ack p50 {:>7.2}ms  p99 {:>7.2}ms",
+        progress.connected.load(Ordering::Relaxed),
+        progress.sent.load(Ordering::Relaxed),
+        acked,
+        progress.errors.load(Ordering::Relaxed),
+        progress.faults.load(Ordering::Relaxed),
+        acked - *last,
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+    );
+    *last = acked;
+    line
+}
+
+/// Print a simulator error; the caller's input (an unknown or invalid scenario, an empty
+/// time span, a zero rate) is a usage error (2), anything else a runtime failure (1).
+fn sim_failure(e: &SimError) -> ExitCode {
+    eprintln!("error: {e}");
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::NotFound => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+/// Write the JSON report (`serde_json::to_string_pretty` of it) to `path` (if given) and to
+/// standard output (if `stdout`). False if it could not be written.
+fn emit_report(report: serde_json::Result<String>, path: Option<&Path>, stdout: bool) -> bool {
+    let text = match report {
+        Ok(t) => t + "\n",
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
+            eprintln!("error: cannot print the report: {e}");
+            return false;
         }
+    };
+    if stdout {
+        out(&text);
+    }
+    match path.map(|p| (p, std::fs::write(p, &text))) {
+        Some((p, Err(e))) => {
+            eprintln!("error: writing the report to {}: {e}", p.display());
+            false
+        }
+        _ => true,
+    }
+}
+
+async fn simulate_live(
+    args: SimulateArgs,
+    scenario: Option<Scenario>,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> ExitCode {
+    let prefix = args
+        .prefix
+        .or_else(|| scenario.as_ref().map(|s| s.devices.id_prefix.clone()))
+        .unwrap_or_else(|| "sim-".to_owned());
+    let config = SimConfig {
+        server: args.mqtt,
+        devices: args.devices,
+        rate: (!args.max_rate).then_some(args.rate.unwrap_or(100.0)),
+        duration: args.duration,
+        count: args.count,
+        prefix,
+        seed: args.seed,
+        version: if args.mqtt_version == "5" {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V311
+        },
+        window: args.window,
+    };
+    let options = LiveOptions {
+        scenario,
+        truth: args.truth,
+        clean: args.no_faults,
+    };
+    let report = match ferrite_sim::run_with(config, options, progress, cancel).await {
+        Ok(r) => r,
+        Err(e) => return sim_failure(&e),
+    };
+    let faults: u64 = report.faults.values().sum();
+    eprintln!(
+        "achieved {:.1} acknowledged publishes/s over {:.1}s ({} sent, {} acked, {} errors, {} faults injected; ack p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms)",
+        report.acked_per_s,
+        report.elapsed_s,
+        report.sent,
+        report.acked,
+        report.errors,
+        faults,
+        report.p50_ms,
+        report.p99_ms,
+        report.max_ms,
+    );
+    let written = emit_report(
+        serde_json::to_string_pretty(&report),
+        args.report.as_deref(),
+        true,
+    );
+    if report.errors > 0 || !written {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn simulate_file(
+    args: SimulateArgs,
+    scenario: Scenario,
+    out_path: PathBuf,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> ExitCode {
+    let (Some(from), Some(to)) = (args.from, args.to) else {
+        eprintln!("error: file mode needs --from and --to");
+        return ExitCode::from(2);
+    };
+    let cadence = match (args.interval, args.rate) {
+        (Some(interval), None) => Cadence::Interval(interval),
+        (None, Some(rate)) => Cadence::Rate(rate),
+        _ => {
+            eprintln!(
+                "error: file mode needs --interval (a reading per device every interval) or --rate (readings per second over the fleet)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let config = FileConfig {
+        devices: args.devices,
+        from,
+        to,
+        cadence,
+        format: args.format,
+        seed: args.seed,
+        prefix: args.prefix,
+        faults: !args.no_faults,
+    };
+    let to_stdout = out_path.as_os_str() == "-";
+    let truth = args.truth;
+    let task = tokio::task::spawn_blocking(move || {
+        if !to_stdout {
+            return generate_to_path(
+                &scenario,
+                &config,
+                &out_path,
+                truth.as_deref(),
+                &progress,
+                &cancel,
+            );
+        }
+        let mut truth_file = match &truth {
+            None => None,
+            Some(path) => Some(std::io::BufWriter::new(
+                std::fs::File::create(path).map_err(|source| SimError::Io {
+                    what: path.display().to_string(),
+                    source,
+                })?,
+            )),
+        };
+        let mut report = generate_file(
+            &scenario,
+            &config,
+            std::io::stdout().lock(),
+            truth_file.as_mut().map(|w| w as &mut dyn std::io::Write),
+            &progress,
+            &cancel,
+        )?;
+        report.truth = truth;
+        Ok(report)
+    });
+    let report = match task.await {
+        Ok(Ok(r)) => r,
+        // `ferrite simulate --out - | head`: the reader has all it wanted.
+        Ok(Err(SimError::Io { source, .. }))
+            if to_stdout && source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            return ExitCode::SUCCESS;
+        }
+        Ok(Err(e)) => return sim_failure(&e),
+        Err(e) => {
+            eprintln!("error: the generator failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let faults: u64 = report.faults.values().sum();
+    eprintln!(
+        "wrote {} rows ({} bytes, {}) of scenario {} to {} in {:.1}s; {} faults injected{}",
+        report.rows,
+        report.bytes,
+        report.format,
+        report.scenario,
+        report
+            .out
+            .as_ref()
+            .map_or_else(|| "standard output".to_owned(), |p| p.display().to_string()),
+        report.elapsed_s,
+        faults,
+        report
+            .truth
+            .as_ref()
+            .map(|p| format!(" (ground truth in {})", p.display()))
+            .unwrap_or_default(),
+    );
+    // With the data on standard output, the report goes only to --report.
+    let written = emit_report(
+        serde_json::to_string_pretty(&report),
+        args.report.as_deref(),
+        !to_stdout,
+    );
+    if !report.complete {
+        eprintln!("error: stopped early; the dataset is incomplete");
+        return ExitCode::from(1);
+    }
+    if written {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

@@ -18,6 +18,8 @@ struct Running {
     child: Child,
     mqtt: SocketAddr,
     http: SocketAddr,
+    /// The admin token the first start printed.
+    admin: Option<String>,
 }
 
 impl Drop for Running {
@@ -27,8 +29,13 @@ impl Drop for Running {
     }
 }
 
-/// Start `ferrite serve` on free ports and read its addresses from the start-up banner.
+/// Start `ferrite serve` on free ports, admitting anonymous loopback clients, and read its
+/// addresses from the start-up banner.
 fn serve(data: &Path) -> Running {
+    serve_with(data, "loopback")
+}
+
+fn serve_with(data: &Path, anonymous: &str) -> Running {
     let mut child = Command::new(BIN)
         .args(["serve", "--data-dir"])
         .arg(data)
@@ -39,8 +46,11 @@ fn serve(data: &Path) -> Running {
             "127.0.0.1:0",
             "--log",
             "warn",
+            "--anonymous",
+            anonymous,
         ])
         .env_remove("FERRITE_CONFIG")
+        .env_remove("FERRITE_TOKEN")
         .current_dir(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -55,9 +65,16 @@ fn serve(data: &Path) -> Running {
             let _ = tx.send(line);
         }
     });
-    let (mut mqtt, mut http) = (None, None);
-    while mqtt.is_none() || http.is_none() {
+    let (mut mqtt, mut http, mut admin) = (None, None, None);
+    loop {
         let line = rx.recv_timeout(WAIT).expect("banner line");
+        if line.starts_with("Try it:") {
+            break;
+        }
+        if let Some(t) = line.strip_prefix("Admin API token (shown once; only its hash is kept): ")
+        {
+            admin = Some(t.trim().to_owned());
+        }
         let addr = |prefix: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(prefix))
@@ -70,6 +87,7 @@ fn serve(data: &Path) -> Running {
         child,
         mqtt: mqtt.unwrap(),
         http: http.unwrap(),
+        admin,
     }
 }
 
@@ -297,4 +315,306 @@ async fn query_prints_a_table_csv_and_json() {
     .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("400"));
+}
+
+/// `ferrite simulate ARGS` in `dir`, off the async workers.
+async fn simulate(dir: &Path, args: Vec<String>) -> std::process::Output {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .arg("simulate")
+            .args(args)
+            .args(["--log", "warn"])
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn simulate_writes_a_reproducible_tsbs_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_args = |out: &str, truth: &str| {
+        strings(&[
+            "--scenario",
+            "fleet_trucks",
+            "--devices",
+            "3",
+            "--out",
+            out,
+            "--format",
+            "lp",
+            "--from",
+            "2026-01-01T00:00:00Z",
+            "--to",
+            "2026-01-01T00:10:00Z",
+            "--interval",
+            "10s",
+            "--seed",
+            "7",
+            "--truth",
+            truth,
+        ])
+    };
+    let first = simulate(dir.path(), file_args("a.lp", "a.truth")).await;
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = simulate(dir.path(), file_args("b.lp", "b.truth")).await;
+    assert!(second.status.success());
+    let a = std::fs::read(dir.path().join("a.lp")).unwrap();
+    assert_eq!(a, std::fs::read(dir.path().join("b.lp")).unwrap());
+    assert_eq!(
+        std::fs::read(dir.path().join("a.truth")).unwrap(),
+        std::fs::read(dir.path().join("b.truth")).unwrap()
+    );
+
+    // The report (stdout) describes the file; the file is TSBS `iot` line protocol that the
+    // server's own parser accepts.
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let text = String::from_utf8(a).unwrap();
+    let lines = text.lines().count() as u64;
+    assert!(lines > 0);
+    assert_eq!(report["rows"], lines);
+    assert_eq!(report["scenario"], "fleet_trucks");
+    assert!(report["truth"].as_str().unwrap().ends_with("a.truth"));
+    let points = ferrite_core::decode::decode_line_protocol(
+        &text,
+        ferrite_core::decode::Precision::Nanoseconds,
+        ferrite_core::Timestamp::from_nanos(0),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(points.len() as u64, lines);
+    let mut measurements = std::collections::BTreeSet::new();
+    for p in &points {
+        measurements.insert(p.measurement.as_str().to_owned());
+        assert!(p.tags["name"].starts_with("truck_"), "{p:?}");
+        assert!(
+            ["East", "West", "North", "South"].contains(&p.tags["fleet"].as_str()),
+            "{p:?}"
+        );
+        let want: &[&str] = if p.measurement.as_str() == "readings" {
+            &["latitude", "longitude", "velocity", "fuel_consumption"]
+        } else {
+            &["fuel_state", "current_load", "status"]
+        };
+        for f in want {
+            assert!(p.fields.contains_key(*f), "{f} missing in {p:?}");
+        }
+    }
+    assert_eq!(
+        measurements.into_iter().collect::<Vec<_>>(),
+        ["diagnostics", "readings"]
+    );
+    for line in std::fs::read_to_string(dir.path().join("a.truth"))
+        .unwrap()
+        .lines()
+    {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+
+    // Usage errors exit 2 and say what is wrong.
+    let mut bad = file_args("c.lp", "c.truth");
+    let at = bad.iter().position(|a| a == "lp").unwrap();
+    bad[at] = "xml".to_owned();
+    let bad = simulate(dir.path(), bad).await;
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("xml") && err.contains("lp, ndjson or csv"),
+        "{err}"
+    );
+    assert!(!dir.path().join("c.lp").exists());
+    let unknown = simulate(
+        dir.path(),
+        strings(&["--scenario", "no_such_scenario", "--count", "1"]),
+    )
+    .await;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("smart_building"));
+
+    // The built-in scenarios print as TOML to start a custom one from.
+    let printed = simulate(dir.path(), strings(&["--print-scenario", "fleet_trucks"])).await;
+    assert!(printed.status.success());
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("name = \"fleet_trucks\""));
+}
+
+#[tokio::test]
+async fn simulate_a_scenario_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let out = simulate(
+        dir.path(),
+        strings(&[
+            "--mqtt",
+            &server.mqtt.to_string(),
+            "--scenario",
+            "smart_building",
+            "--devices",
+            "5",
+            "--rate",
+            "50",
+            "--duration",
+            "3s",
+            "--seed",
+            "1",
+            "--report",
+            "report.json",
+        ]),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        report,
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    );
+    let acked = report["acked"].as_u64().unwrap();
+    assert!(acked > 0, "{report}");
+    assert_eq!(report["config"]["scenario"], "smart_building");
+    assert_eq!(report["config"]["prefix"], "room-");
+    assert!(report["measurements"]["room"].as_u64().unwrap() > 0);
+
+    // smart_building's devices publish to devices/{id}/telemetry/room: table `room`.
+    let http = server.http.to_string();
+    let answer = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "query",
+                "--http",
+                &http,
+                "--format",
+                "json",
+                "SELECT count(*) AS n FROM room",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        answer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&answer.stdout).unwrap();
+    assert!(rows[0]["n"].as_u64().unwrap() > 0, "{rows}");
+}
+
+fn ferrite(args: &[&str], token: Option<&str>) -> std::process::Output {
+    let mut c = Command::new(BIN);
+    c.args(args).env_remove("FERRITE_TOKEN");
+    if let Some(t) = token {
+        c.env("FERRITE_TOKEN", t);
+    }
+    c.output().unwrap()
+}
+
+#[tokio::test]
+async fn devices_and_tokens_from_the_cli_with_the_printed_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(dir.path(), "off");
+    let admin = server
+        .admin
+        .clone()
+        .expect("first start prints an admin token");
+    let http = server.http.to_string();
+
+    // Without a token the API refuses; with it, devices are registered and listed.
+    let denied = ferrite(&["query", "--http", &http, "SELECT 1"], None);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("401"));
+    let added = ferrite(
+        &[
+            "device",
+            "add",
+            "pump-7",
+            "--type",
+            "pump",
+            "--tag",
+            "site=north",
+            "--http",
+            &http,
+        ],
+        Some(&admin),
+    );
+    assert!(added.status.success(), "{added:?}");
+    let text = String::from_utf8_lossy(&added.stdout).to_string();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token (shown once): "))
+        .unwrap()
+        .to_owned();
+    let again = ferrite(&["device", "add", "pump-7", "--http", &http], Some(&admin));
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "a duplicate id is a usage error"
+    );
+    let list = ferrite(&["device", "list", "--http", &http], Some(&admin));
+    assert!(String::from_utf8_lossy(&list.stdout).contains("pump-7\tpump\tenabled"));
+
+    // The device connects with its token and publishes into its own namespace only.
+    let mut options = ferrite_sim::client::ConnectOptions::new("pump-7", ProtocolVersion::V5);
+    options.username = Some("pump-7".into());
+    options.password = Some(token.clone().into_bytes());
+    let mut client = Client::connect_with(server.mqtt, options).await.unwrap();
+    for (topic, expected) in [
+        ("devices/pump-7/telemetry", ReasonCode::SUCCESS),
+        ("devices/pump-8/telemetry", ReasonCode::NOT_AUTHORIZED),
+    ] {
+        client
+            .publish_qos1(topic, r#"{"rpm":1200}"#.into())
+            .await
+            .unwrap();
+        let ack = tokio::time::timeout(WAIT, client.next_ack())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ack.reason, expected, "{topic}");
+    }
+
+    // A viewer token may query but not register devices.
+    let created = ferrite(
+        &[
+            "token", "create", "grafana", "--role", "viewer", "--http", &http,
+        ],
+        Some(&admin),
+    );
+    let viewer = String::from_utf8_lossy(&created.stdout)
+        .rsplit("shown once: ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let q = ferrite(
+        &[
+            "query",
+            "--http",
+            &http,
+            "--format",
+            "csv",
+            "SELECT device_id, rpm FROM telemetry",
+        ],
+        Some(&viewer),
+    );
+    assert!(q.status.success(), "{q:?}");
+    assert!(String::from_utf8_lossy(&q.stdout).contains("pump-7,1200"));
+    let refused = ferrite(&["device", "add", "x1", "--http", &http], Some(&viewer));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
 }
