@@ -258,18 +258,8 @@ impl Iterator for FleetStream {
     }
 }
 
-/// Write a dataset of `scenario` to `out` (and the ground truth as NDJSON to `truth`),
-/// counting rows in `progress.sent`; stops early (report `complete: false`) when `cancel`
-/// fires. CPU-bound and blocking: run it on a blocking thread.
-pub fn generate_file(
-    scenario: &Scenario,
-    config: &FileConfig,
-    mut out: impl Write,
-    mut truth: Option<&mut dyn Write>,
-    progress: &Progress,
-    cancel: &CancellationToken,
-) -> Result<FileReport, SimError> {
-    let start = Instant::now();
+/// Problems with a dataset's configuration, found before any file is created.
+fn validate(config: &FileConfig) -> Result<(), SimError> {
     let (from, to) = (config.from.as_nanos(), config.to.as_nanos());
     if to <= from {
         return Err(SimError::Config(format!(
@@ -293,6 +283,23 @@ pub fn generate_file(
     if config.devices == 0 {
         return Err(SimError::Config("at least one device is needed".to_owned()));
     }
+    Ok(())
+}
+
+/// Write a dataset of `scenario` to `out` (and the ground truth as NDJSON to `truth`),
+/// counting rows in `progress.sent`; stops early (report `complete: false`) when `cancel`
+/// fires. CPU-bound and blocking: run it on a blocking thread.
+pub fn generate_file(
+    scenario: &Scenario,
+    config: &FileConfig,
+    mut out: impl Write,
+    mut truth: Option<&mut dyn Write>,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<FileReport, SimError> {
+    let start = Instant::now();
+    validate(config)?;
+    let (from, to) = (config.from.as_nanos(), config.to.as_nanos());
     let fleet = Fleet::new(
         scenario,
         FleetConfig {
@@ -421,6 +428,7 @@ pub fn generate_to_path(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<FileReport, SimError> {
+    validate(config)?;
     let create = |path: &Path| {
         std::fs::File::create(path).map_err(|source| SimError::Io {
             what: path.display().to_string(),

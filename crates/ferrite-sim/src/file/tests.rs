@@ -697,3 +697,26 @@ fn thousand_devices_for_a_day_stream_in_bounded_memory() {
     assert!(rows > 16_000_000, "{rows}");
     assert!(max_buffered < 4 * 1000, "{max_buffered}");
 }
+
+#[test]
+fn a_bad_span_is_refused_before_any_file_is_created() {
+    let dir = std::env::temp_dir().join(format!("ferrite-sim-span-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("data.lp");
+    let truth = dir.join("truth.ndjson");
+    let s = Scenario::builtin("smart_building").unwrap();
+    let mut c = config(2, 1, Duration::from_secs(60), OutputFormat::LineProtocol);
+    std::mem::swap(&mut c.from, &mut c.to);
+    let err = generate_to_path(
+        &s,
+        &c,
+        &out,
+        Some(&truth),
+        &Progress::default(),
+        &CancellationToken::new(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SimError::Config(_)), "{err}");
+    assert!(!out.exists() && !truth.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
