@@ -745,8 +745,10 @@ fn run_writer(
             }
             continue;
         }
-        // Memory full: wait for a running flush, then freeze to make room.
-        if !group.is_empty() && shared.read().active.rows() >= config.max_memtable_rows {
+        // Memory would overflow: wait for a running flush, then freeze to make room. Only if
+        // the last flush failed (its rows still frozen) are writes refused below.
+        let incoming: usize = group.iter().map(|r| r.points.len()).sum();
+        if !group.is_empty() && shared.read().active.rows() + incoming > config.max_memtable_rows {
             flush::wait_idle(&shared.gate);
             if let Err(e) = freeze(shared, &mut wal, flush_tx, None) {
                 fail(shared, &mut wal, &e);
