@@ -67,10 +67,16 @@ impl Raw {
             "raw-{}",
             NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        Self::connect_as(addr, version, &id).await
+        Self::connect_as(addr, version, &id, None).await
     }
 
-    async fn connect_as(addr: SocketAddr, version: ProtocolVersion, client_id: &str) -> Self {
+    /// Connect as `client_id`, with `password` (user name = client id) if given.
+    async fn connect_as(
+        addr: SocketAddr,
+        version: ProtocolVersion,
+        client_id: &str,
+        password: Option<&[u8]>,
+    ) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut decoder = Decoder::new(1 << 20);
         decoder.set_version(version);
@@ -86,8 +92,8 @@ impl Raw {
             keep_alive: 30,
             client_id: client_id.to_owned(),
             will: None,
-            username: None,
-            password: None,
+            username: password.map(|_| client_id.to_owned()),
+            password: password.map(|p| p.to_vec().into()),
             properties: Properties::default(),
         }))
         .await;
@@ -410,31 +416,7 @@ impl Authenticator for Namespaces {
 }
 
 async fn connect_with_password(addr: SocketAddr, version: ProtocolVersion, id: &str) -> Raw {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let mut decoder = Decoder::new(1 << 20);
-    decoder.set_version(version);
-    let mut raw = Raw {
-        stream,
-        rbuf: BytesMut::new(),
-        decoder,
-        version,
-    };
-    raw.send(&Packet::Connect(Connect {
-        protocol: version,
-        clean_start: true,
-        keep_alive: 30,
-        client_id: id.to_owned(),
-        will: None,
-        username: Some(id.to_owned()),
-        password: Some(b"secret".to_vec().into()),
-        properties: Properties::default(),
-    }))
-    .await;
-    match raw.next().await {
-        Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-    raw
+    Raw::connect_as(addr, version, id, Some(b"secret")).await
 }
 
 fn publish(topic: &str, id: u16) -> Packet {
