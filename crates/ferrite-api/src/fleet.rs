@@ -24,10 +24,14 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ferrite_core::{Classify, DeviceId};
+use axum::body::Bytes;
+use axum::http::HeaderMap;
 use ferrite_fleet::{
-    ApiPrincipal, Cursor, DeviceFilter, DevicePatch, FleetError, NewDevice, Permission, Role,
+    ApiPrincipal, AuditQuery, Cursor, DeviceFilter, DevicePatch, Fleet, FleetError, ImportFormat,
+    NewDevice, Permission, Role,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::{ApiState, error, status_of};
 
@@ -55,7 +59,9 @@ impl Anonymous {
     }
 }
 
-/// The access middleware: resolve the caller to an [`ApiPrincipal`] or answer 401.
+/// The access middleware: resolve the caller to an [`ApiPrincipal`] (API token), a device
+/// (HTTP Basic `device-id:token`, only for `/api/v1/publish/…`), or answer 401.
+/// `/healthz`, `/mqtt` (MQTT authenticates itself) and `/api/v1/provision` (claim tokens) pass.
 pub(crate) async fn access(
     State(state): State<ApiState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -63,18 +69,34 @@ pub(crate) async fn access(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if path == "/healthz" || path == "/mqtt" {
+    if path == "/healthz" || path == "/mqtt" || path == "/api/v1/provision" {
         return next.run(request).await;
     }
-    let presented = request
+    let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("Token "))
-                .map(|t| t.trim().to_owned())
-        });
+        .map(str::trim);
+    if let Some(basic) = authorization.and_then(|v| v.strip_prefix("Basic ")) {
+        if !path.starts_with("/api/v1/publish/") {
+            return unauthorized(
+                "device credentials (Basic) only work on /api/v1/publish/; use an API token",
+            );
+        }
+        let device = match device_basic(&state, basic.trim(), peer) {
+            Ok(d) => d,
+            Err(r) => return *r,
+        };
+        request
+            .extensions_mut()
+            .insert(crate::publish::DeviceCaller { device });
+        return next.run(request).await;
+    }
+    let presented = authorization.and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("Token "))
+            .map(|t| t.trim().to_owned())
+    });
     let principal = match (presented, &state.fleet) {
         (Some(token), Some(fleet)) => match fleet.verify_api_token(&token) {
             Ok(Some(p)) => p,
@@ -95,7 +117,45 @@ pub(crate) async fn access(
     next.run(request).await
 }
 
-fn unauthorized(message: &str) -> Response {
+/// Check HTTP Basic device credentials exactly like an MQTT CONNECT (brute-force limiter,
+/// enabled device, valid token).
+fn device_basic(state: &ApiState, encoded: &str, peer: SocketAddr) -> Result<DeviceId, Box<Response>> {
+    use base64::Engine as _;
+    let fleet = fleet(state)?;
+    let bad = || Box::new(unauthorized("bad device credentials"));
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, token) = text.split_once(':').ok_or_else(bad)?;
+    let attempt = ferrite_fleet::ConnectAttempt {
+        client_id: id,
+        username: Some(id),
+        password: Some(token.as_bytes()),
+        peer: peer.ip(),
+        client_cert: None,
+    };
+    match fleet.authenticate(&attempt) {
+        Ok(a) => Ok(a.device),
+        Err(ferrite_fleet::AuthRefusal::Throttled { retry_after }) => Err(Box::new(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("too many failed attempts; retry in {retry_after:?}"),
+        ))),
+        Err(ferrite_fleet::AuthRefusal::Unavailable(e)) => {
+            Err(Box::new(error(StatusCode::SERVICE_UNAVAILABLE, &e)))
+        }
+        Err(ferrite_fleet::AuthRefusal::NotAuthorized) => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "the device is disabled",
+        ))),
+        Err(e) => {
+            tracing::info!(device_id = id, %peer, reason = %e, "HTTP device authentication failed");
+            Err(bad())
+        }
+    }
+}
+
+pub(crate) fn unauthorized(message: &str) -> Response {
     let mut r = error(StatusCode::UNAUTHORIZED, message);
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -122,10 +182,11 @@ pub(crate) fn require(
     }
 }
 
-fn fleet_error(e: &FleetError) -> Response {
+pub(crate) fn fleet_error(e: &FleetError) -> Response {
     let status = match e.kind() {
         ferrite_core::ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ferrite_core::ErrorKind::Conflict => StatusCode::CONFLICT,
+        ferrite_core::ErrorKind::Unauthorized => StatusCode::FORBIDDEN,
         k => status_of(k),
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -134,7 +195,7 @@ fn fleet_error(e: &FleetError) -> Response {
     error(status, &e.to_string())
 }
 
-fn fleet(state: &ApiState) -> Result<&ferrite_fleet::Fleet, Box<Response>> {
+pub(crate) fn fleet(state: &ApiState) -> Result<&Fleet, Box<Response>> {
     state.fleet.as_ref().ok_or_else(|| {
         Box::new(error(
             StatusCode::NOT_FOUND,
@@ -143,7 +204,28 @@ fn fleet(state: &ApiState) -> Result<&ferrite_fleet::Fleet, Box<Response>> {
     })
 }
 
-fn device_id(id: &str) -> Result<DeviceId, Box<Response>> {
+/// Run a registry call on a blocking thread (writes commit a redb transaction with an fsync,
+/// which must not stall the async workers).
+pub(crate) async fn call<T, F>(state: &ApiState, f: F) -> Result<T, Box<Response>>
+where
+    T: Send + 'static,
+    F: FnOnce(&Fleet) -> Result<T, FleetError> + Send + 'static,
+{
+    let fleet = fleet(state)?.clone();
+    match tokio::task::spawn_blocking(move || f(&fleet)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Box::new(fleet_error(&e))),
+        Err(e) => {
+            tracing::error!(error = %e, "fleet task failed");
+            Err(Box::new(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "fleet operation failed",
+            )))
+        }
+    }
+}
+
+pub(crate) fn device_id(id: &str) -> Result<DeviceId, Box<Response>> {
     DeviceId::new(id).map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.to_string())))
 }
 
@@ -155,6 +237,7 @@ macro_rules! tri {
         }
     };
 }
+pub(crate) use tri;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,10 +268,9 @@ pub(crate) async fn create_device(
     Json(body): Json<CreateDevice>,
 ) -> Response {
     tri!(require(&p, Permission::WriteDevices));
-    let fleet = tri!(fleet(&state));
     let id = tri!(device_id(&body.id));
     let new = NewDevice {
-        id: id.clone(),
+        id,
         name: body.name,
         device_type: body.device_type,
         tags: body.tags,
@@ -197,21 +279,21 @@ pub(crate) async fn create_device(
         enabled: body.enabled,
     };
     let actor = p.actor();
-    let device = match fleet.create_device(&actor, new) {
-        Ok(d) => d,
-        Err(e) => return fleet_error(&e),
-    };
-    let token = if body.credential {
-        match fleet.create_credential(&actor, &id, "initial", None) {
-            Ok(c) => Some(c.token.into_string()),
-            Err(e) => return fleet_error(&e),
-        }
-    } else {
-        None
-    };
+    let with_credential = body.credential;
+    let (device, token) = tri!(
+        call(&state, move |f| {
+            if with_credential {
+                let (d, c) = f.create_device_with_credential(&actor, new, "initial")?;
+                Ok((d, Some(c.token.into_string())))
+            } else {
+                Ok((f.create_device(&actor, new)?, None))
+            }
+        })
+        .await
+    );
     (
         StatusCode::CREATED,
-        Json(serde_json::json!({ "device": device, "token": token })),
+        Json(json!({ "device": device, "token": token })),
     )
         .into_response()
 }
@@ -237,7 +319,6 @@ pub(crate) async fn list_devices(
     Query(q): Query<ListDevices>,
 ) -> Response {
     tri!(require(&p, Permission::ReadFleet));
-    let fleet = tri!(fleet(&state));
     let mut tags = BTreeMap::new();
     if let Some(t) = q.tag {
         match t.split_once(':') {
@@ -256,14 +337,13 @@ pub(crate) async fn list_devices(
         id_prefix: q.prefix,
     };
     let after = q.after.map(Cursor::parse);
-    match fleet.list_devices(&filter, after.as_ref(), q.limit.unwrap_or(100)) {
-        Ok(page) => Json(serde_json::json!({
-            "items": page.items,
-            "next": page.next.map(|c| c.as_str().to_owned()),
-        }))
-        .into_response(),
-        Err(e) => fleet_error(&e),
-    }
+    let limit = q.limit.unwrap_or(100);
+    let page = tri!(call(&state, move |f| f.list_devices(&filter, after.as_ref(), limit)).await);
+    Json(json!({
+        "items": page.items,
+        "next": page.next.map(|c| c.as_str().to_owned()),
+    }))
+    .into_response()
 }
 
 pub(crate) async fn get_device(
@@ -272,15 +352,18 @@ pub(crate) async fn get_device(
     Path(id): Path<String>,
 ) -> Response {
     tri!(require(&p, Permission::ReadFleet));
-    let fleet = tri!(fleet(&state));
     let id = tri!(device_id(&id));
-    match fleet.get_device(&id) {
-        Ok(Some(d)) => {
-            let presence = fleet.presence(&id);
-            Json(serde_json::json!({ "device": d, "presence": presence })).into_response()
+    let found = tri!(
+        call(&state, move |f| Ok(f
+            .get_device(&id)?
+            .map(|d| (f.presence(&d.id), d))))
+        .await
+    );
+    match found {
+        Some((presence, device)) => {
+            Json(json!({ "device": device, "presence": presence })).into_response()
         }
-        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no device {id}")),
-        Err(e) => fleet_error(&e),
+        None => error(StatusCode::NOT_FOUND, "no such device"),
     }
 }
 
@@ -291,12 +374,10 @@ pub(crate) async fn update_device(
     Json(patch): Json<DevicePatch>,
 ) -> Response {
     tri!(require(&p, Permission::WriteDevices));
-    let fleet = tri!(fleet(&state));
     let id = tri!(device_id(&id));
-    match fleet.update_device(&p.actor(), &id, &patch) {
-        Ok(d) => Json(d).into_response(),
-        Err(e) => fleet_error(&e),
-    }
+    let actor = p.actor();
+    let d = tri!(call(&state, move |f| f.update_device(&actor, &id, &patch)).await);
+    Json(d).into_response()
 }
 
 pub(crate) async fn delete_device(
@@ -305,18 +386,18 @@ pub(crate) async fn delete_device(
     Path(id): Path<String>,
 ) -> Response {
     tri!(require(&p, Permission::WriteDevices));
-    let fleet = tri!(fleet(&state));
     let id = tri!(device_id(&id));
-    match fleet.delete_device(&p.actor(), &id) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => fleet_error(&e),
-    }
+    let actor = p.actor();
+    tri!(call(&state, move |f| f.delete_device(&actor, &id)).await);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateCredential {
     label: Option<String>,
+    /// When the token stops working (RFC 3339), if ever.
+    expires_at: Option<String>,
 }
 
 pub(crate) async fn create_credential(
@@ -326,18 +407,205 @@ pub(crate) async fn create_credential(
     body: Option<Json<CreateCredential>>,
 ) -> Response {
     tri!(require(&p, Permission::WriteDevices));
-    let fleet = tri!(fleet(&state));
     let id = tri!(device_id(&id));
-    let label = body
-        .and_then(|b| b.0.label)
-        .unwrap_or_else(|| "api".to_owned());
-    match fleet.create_credential(&p.actor(), &id, &label, None) {
-        Ok(c) => (
-            StatusCode::CREATED,
-            Json(serde_json::json!({ "credential": c.info, "token": c.token.into_string() })),
-        )
-            .into_response(),
-        Err(e) => fleet_error(&e),
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let label = body.label.unwrap_or_else(|| "api".to_owned());
+    let expires_at = tri!(opt_time("expires_at", body.expires_at.as_deref()));
+    let actor = p.actor();
+    let c = tri!(call(&state, move |f| f.create_credential(&actor, &id, &label, expires_at)).await);
+    (
+        StatusCode::CREATED,
+        Json(json!({ "credential": c.info, "token": c.token.into_string() })),
+    )
+        .into_response()
+}
+
+pub(crate) async fn list_credentials(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Path(id): Path<String>,
+) -> Response {
+    tri!(require(&p, Permission::ReadFleet));
+    let id = tri!(device_id(&id));
+    let list = tri!(
+        call(&state, move |f| {
+            if f.get_device(&id)?.is_none() {
+                return Err(FleetError::NotFound { what: "device", id: id.to_string() });
+            }
+            f.list_credentials(&id)
+        })
+        .await
+    );
+    Json(list).into_response()
+}
+
+pub(crate) async fn revoke_credential(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Path((id, credential)): Path<(String, String)>,
+) -> Response {
+    tri!(require(&p, Permission::WriteDevices));
+    let id = tri!(device_id(&id));
+    let actor = p.actor();
+    tri!(call(&state, move |f| f.revoke_credential(&actor, &id, &credential)).await);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateCredential {
+    label: Option<String>,
+    /// How long the old token keeps working (`1h`); without it, until it is revoked.
+    grace: Option<String>,
+}
+
+pub(crate) async fn rotate_credential(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Path((id, credential)): Path<(String, String)>,
+    body: Option<Json<RotateCredential>>,
+) -> Response {
+    tri!(require(&p, Permission::WriteDevices));
+    let id = tri!(device_id(&id));
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let grace = match body.grace.as_deref().map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("grace: {e}")),
+    };
+    let label = body.label.unwrap_or_else(|| "rotation".to_owned());
+    let actor = p.actor();
+    let c = tri!(
+        call(&state, move |f| f.rotate_credential(
+            &actor,
+            &id,
+            &credential,
+            grace,
+            &label
+        ))
+        .await
+    );
+    (
+        StatusCode::CREATED,
+        Json(json!({ "credential": c.info, "token": c.token.into_string() })),
+    )
+        .into_response()
+}
+
+/// Parse an optional RFC 3339 time parameter.
+pub(crate) fn opt_time(
+    what: &str,
+    value: Option<&str>,
+) -> Result<Option<ferrite_core::Timestamp>, Box<Response>> {
+    value
+        .map(|v| {
+            v.parse()
+                .map_err(|e: String| Box::new(error(StatusCode::BAD_REQUEST, &format!("{what}: {e}"))))
+        })
+        .transpose()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FormatParam {
+    format: Option<ImportFormat>,
+}
+
+fn format_of(param: Option<ImportFormat>, headers: &HeaderMap) -> ImportFormat {
+    param.unwrap_or_else(|| {
+        let csv = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/csv"));
+        if csv {
+            ImportFormat::Csv
+        } else {
+            ImportFormat::Ndjson
+        }
+    })
+}
+
+/// `POST /api/v1/devices/import`: an idempotent upsert of NDJSON or CSV records
+/// (`?format=`, else by `Content-Type: text/csv`); answers the [`ferrite_fleet::ImportReport`].
+pub(crate) async fn import_devices(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Query(q): Query<FormatParam>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    tri!(require(&p, Permission::WriteDevices));
+    let format = format_of(q.format, &headers);
+    let actor = p.actor();
+    let report = tri!(call(&state, move |f| f.import(&actor, format, &body[..], |_| {})).await);
+    Json(report).into_response()
+}
+
+/// `GET /api/v1/devices/export?format=ndjson|csv`, streamed: memory stays small however large
+/// the registry.
+pub(crate) async fn export_devices(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Query(q): Query<FormatParam>,
+) -> Response {
+    tri!(require(&p, Permission::ReadFleet));
+    let fleet = tri!(fleet(&state)).clone();
+    let format = q.format.unwrap_or(ImportFormat::Ndjson);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let result = fleet
+            .export(format, &mut out)
+            .map_err(|e| e.to_string())
+            .and_then(|_| std::io::Write::flush(&mut out).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            tracing::error!(error = %e, "device export failed");
+            // The client sees a cut-off body rather than a silently short file.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let content_type = match format {
+        ImportFormat::Ndjson => "application/x-ndjson",
+        ImportFormat::Csv => "text/csv; charset=utf-8",
+    };
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// A `Write` that sends 64 KiB chunks to an async body (from a blocking thread).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
     }
 }
 
@@ -346,11 +614,8 @@ pub(crate) async fn counts(
     Extension(p): Extension<ApiPrincipal>,
 ) -> Response {
     tri!(require(&p, Permission::ReadFleet));
-    let fleet = tri!(fleet(&state));
-    match fleet.counts() {
-        Ok(c) => Json(c).into_response(),
-        Err(e) => fleet_error(&e),
-    }
+    let c = tri!(call(&state, |f| f.counts()).await);
+    Json(c).into_response()
 }
 
 #[derive(Deserialize)]
@@ -366,15 +631,13 @@ pub(crate) async fn create_token(
     Json(body): Json<CreateToken>,
 ) -> Response {
     tri!(require(&p, Permission::ManageTokens));
-    let fleet = tri!(fleet(&state));
-    match fleet.create_api_token(&p.actor(), &body.name, body.role) {
-        Ok(t) => (
-            StatusCode::CREATED,
-            Json(serde_json::json!({ "info": t.info, "token": t.token.into_string() })),
-        )
-            .into_response(),
-        Err(e) => fleet_error(&e),
-    }
+    let actor = p.actor();
+    let t = tri!(call(&state, move |f| f.create_api_token(&actor, &body.name, body.role)).await);
+    (
+        StatusCode::CREATED,
+        Json(json!({ "info": t.info, "token": t.token.into_string() })),
+    )
+        .into_response()
 }
 
 pub(crate) async fn list_tokens(
@@ -382,11 +645,8 @@ pub(crate) async fn list_tokens(
     Extension(p): Extension<ApiPrincipal>,
 ) -> Response {
     tri!(require(&p, Permission::ManageTokens));
-    let fleet = tri!(fleet(&state));
-    match fleet.list_api_tokens() {
-        Ok(t) => Json(t).into_response(),
-        Err(e) => fleet_error(&e),
-    }
+    let t = tri!(call(&state, |f| f.list_api_tokens()).await);
+    Json(t).into_response()
 }
 
 pub(crate) async fn revoke_token(
@@ -395,9 +655,39 @@ pub(crate) async fn revoke_token(
     Path(id): Path<String>,
 ) -> Response {
     tri!(require(&p, Permission::ManageTokens));
-    let fleet = tri!(fleet(&state));
-    match fleet.revoke_api_token(&p.actor(), &id) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => fleet_error(&e),
-    }
+    let actor = p.actor();
+    tri!(call(&state, move |f| f.revoke_api_token(&actor, &id)).await);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListAudit {
+    since: Option<String>,
+    until: Option<String>,
+    target: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `GET /api/v1/audit?since=&until=&target=&limit=&after=`: who changed what, when.
+pub(crate) async fn audit(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Query(q): Query<ListAudit>,
+) -> Response {
+    tri!(require(&p, Permission::ReadAudit));
+    let query = AuditQuery {
+        since: tri!(opt_time("since", q.since.as_deref())),
+        until: tri!(opt_time("until", q.until.as_deref())),
+        target: q.target,
+        after: q.after.map(Cursor::parse),
+        limit: q.limit.unwrap_or(100),
+    };
+    let page = tri!(call(&state, move |f| f.audit(&query)).await);
+    Json(json!({
+        "items": page.items,
+        "next": page.next.map(|c| c.as_str().to_owned()),
+    }))
+    .into_response()
 }

@@ -19,6 +19,8 @@
 //! Not here yet: pgwire, streaming of large results, rules and audit endpoints.
 
 pub mod fleet;
+mod publish;
+pub mod security;
 mod write;
 mod ws;
 
@@ -53,6 +55,8 @@ pub struct ApiState {
     pub fleet: Option<ferrite_fleet::Fleet>,
     /// Who may call without a token.
     pub anonymous: Anonymous,
+    /// The gateway's router, for `POST /api/v1/publish/{topic}`; `None` disables it.
+    pub router: Option<ferrite_mqtt::Router>,
 }
 
 /// Build the API's router.
@@ -73,10 +77,46 @@ pub fn router(state: ApiState) -> Router {
                 .patch(fleet::update_device)
                 .delete(fleet::delete_device),
         )
+        .route("/api/v1/devices/import", post(fleet::import_devices))
+        .route("/api/v1/devices/export", get(fleet::export_devices))
         .route(
             "/api/v1/devices/{id}/credentials",
-            post(fleet::create_credential),
+            post(fleet::create_credential).get(fleet::list_credentials),
         )
+        .route(
+            "/api/v1/devices/{id}/credentials/{credential}",
+            delete(fleet::revoke_credential),
+        )
+        .route(
+            "/api/v1/devices/{id}/credentials/{credential}/rotate",
+            post(fleet::rotate_credential),
+        )
+        .route(
+            "/api/v1/devices/{id}/certs",
+            post(security::issue_cert).get(security::list_certs),
+        )
+        .route("/api/v1/certs/{serial}", delete(security::revoke_cert))
+        .route(
+            "/api/v1/ca",
+            get(security::get_ca)
+                .post(security::init_ca)
+                .put(security::import_ca),
+        )
+        .route("/api/v1/policies", get(security::list_policies))
+        .route(
+            "/api/v1/policies/{name}",
+            get(security::get_policy)
+                .put(security::put_policy)
+                .delete(security::delete_policy),
+        )
+        .route(
+            "/api/v1/claims",
+            post(security::create_claim).get(security::list_claims),
+        )
+        .route("/api/v1/claims/{id}", delete(security::revoke_claim))
+        .route("/api/v1/provision", post(security::provision))
+        .route("/api/v1/publish/{*topic}", post(publish::publish))
+        .route("/api/v1/audit", get(fleet::audit))
         .route("/api/v1/fleet", get(fleet::counts))
         .route(
             "/api/v1/tokens",

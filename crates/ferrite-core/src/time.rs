@@ -35,6 +35,22 @@ impl fmt::Display for Timestamp {
     }
 }
 
+impl std::str::FromStr for Timestamp {
+    type Err = String;
+
+    /// An RFC 3339 time (`2026-11-23T10:00:00Z`, any offset) or integer nanoseconds.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(ns) = s.parse::<i64>() {
+            return Ok(Self(ns));
+        }
+        let dt = chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))?;
+        dt.timestamp_nanos_opt()
+            .map(Self)
+            .ok_or_else(|| format!("{s:?} is outside the years 1677–2262"))
+    }
+}
+
 /// A source of the current time. Core logic takes a clock instead of reading the system time,
 /// so tests can control it.
 pub trait Clock: Send + Sync + 'static {

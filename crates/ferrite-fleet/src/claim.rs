@@ -201,6 +201,30 @@ impl Fleet {
         })
     }
 
+    /// The claim a token belongs to, if it could provision a device now (known, not revoked,
+    /// not expired, not used up). Read-only: for admitting a claim connection before its
+    /// request arrives; [`Fleet::claim`] checks again.
+    pub fn check_claim(&self, token: &str) -> Result<ClaimInfo, FleetError> {
+        let hash = self.inner().secrets.hash(token.as_bytes());
+        let txn = self.db().begin_read()?;
+        let id = txn
+            .open_table(CLAIM_HASHES)?
+            .get(hash.as_slice())?
+            .map(|v| v.value().to_owned())
+            .ok_or(FleetError::ClaimInvalid)?;
+        let info = get_claim(&txn.open_table(CLAIMS)?, &id)?.ok_or(FleetError::ClaimInvalid)?;
+        if info.revoked {
+            return Err(FleetError::ClaimInvalid);
+        }
+        if info.expires_at.is_some_and(|e| e <= self.now()) {
+            return Err(FleetError::ClaimExpired);
+        }
+        if info.uses >= info.max_uses {
+            return Err(FleetError::ClaimExhausted);
+        }
+        Ok(info)
+    }
+
     /// Provision a device with a claim token. `requested_id` must carry the template's prefix;
     /// without it an id is generated. With `csr_pem` the credential is a certificate signed
     /// from it (a CA must be configured), else a token. Fails with `ClaimInvalid`,

@@ -369,6 +369,22 @@ impl Fleet {
             .map(|d| self.with_presence(d))
     }
 
+    /// Create a device and a first token credential for it in one transaction: either both
+    /// exist afterwards or neither does.
+    pub fn create_device_with_credential(
+        &self,
+        actor: &Actor,
+        new: NewDevice,
+        label: &str,
+    ) -> Result<(Device, crate::IssuedCredential), FleetError> {
+        self.write(actor, |tx| {
+            let device = create_tx(tx, new, "device.create")?;
+            let credential = crate::credential::create_tx(self, tx, &device.id, label, None)?;
+            Ok((device, credential))
+        })
+        .map(|(d, c)| (self.with_presence(d), c))
+    }
+
     /// The device with this id, if any.
     pub fn get_device(&self, id: &DeviceId) -> Result<Option<Device>, FleetError> {
         let txn = self.db().begin_read()?;

@@ -70,6 +70,8 @@ pub enum FleetEvent {
     },
     /// Policies changed: every session's ACL must be recompiled.
     PoliciesChanged,
+    /// The CA was created or imported: a TLS listener trusting the fleet's CA must reload it.
+    CaChanged,
 }
 
 /// A device's authentication data and compiled ACL, cached.

@@ -283,6 +283,12 @@ impl Fleet {
         })
     }
 
+    /// Where the CA certificate (PEM) is kept, for a TLS listener that trusts the fleet's CA.
+    /// The file exists once a CA is configured.
+    pub fn ca_cert_path(&self) -> std::path::PathBuf {
+        self.dir().join(CA_DIR).join(CA_CERT)
+    }
+
     /// The CA certificate (PEM), if a CA is configured.
     pub fn ca_cert_pem(&self) -> Option<String> {
         read(&self.inner().ca).as_ref().map(|c| c.cert_pem.clone())
@@ -321,14 +327,15 @@ impl Fleet {
             cert_pem: cert_pem.clone(),
             issuer: Issuer::new(params, key),
         };
+        *write(&self.inner().ca) = Some(std::sync::Arc::new(ca));
         self.write(actor, |tx| {
+            tx.emit(FleetEvent::CaChanged);
             tx.audit(
                 "ca.init",
                 "ca",
                 serde_json::json!({"common_name": common_name}),
             )
         })?;
-        *write(&self.inner().ca) = Some(std::sync::Arc::new(ca));
         Ok(cert_pem)
     }
 
@@ -346,10 +353,11 @@ impl Fleet {
         }
         let ca = Ca::from_pem(cert_pem, key_pem)?;
         self.store_ca_files(cert_pem, key_pem)?;
+        *write(&self.inner().ca) = Some(std::sync::Arc::new(ca));
         self.write(actor, |tx| {
+            tx.emit(FleetEvent::CaChanged);
             tx.audit("ca.import", "ca", serde_json::Value::Null)
         })?;
-        *write(&self.inner().ca) = Some(std::sync::Arc::new(ca));
         Ok(())
     }
 

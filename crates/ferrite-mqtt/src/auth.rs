@@ -59,7 +59,9 @@ pub trait Authenticator: Send + Sync + 'static {
     ) -> Result<Arc<dyn SessionGuard>, ReasonCode>;
 }
 
-/// A guard that allows everything: anonymous clients the operator chose to let in.
+/// A guard that allows everything but publishing to `$`-topics (which carry the server's own
+/// messages: presence events, provisioning answers): anonymous clients the operator chose to
+/// let in.
 #[derive(Debug, Default)]
 pub struct Unrestricted {
     name: String,
@@ -80,8 +82,8 @@ impl SessionGuard for Unrestricted {
     fn principal(&self) -> &str {
         &self.name
     }
-    fn may_publish(&self, _topic: &str) -> bool {
-        true
+    fn may_publish(&self, topic: &str) -> bool {
+        !topic.starts_with('$')
     }
     fn may_subscribe(&self, _filter: &str) -> bool {
         true

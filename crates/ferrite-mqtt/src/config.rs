@@ -49,9 +49,23 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key of the server certificate.
     pub key: PathBuf,
-    /// PEM CA certificates; when set, clients must present a certificate signed by one of
-    /// them (mutual TLS) and the certificate is handed to the authenticator.
+    /// PEM CA certificates for mutual TLS: a client certificate must be signed by one of them
+    /// and is handed to the authenticator.
     pub client_ca: PathBuf,
+    /// With `client_ca`: whether every client must present a certificate (`required`) or
+    /// may connect without one and authenticate with a token (`optional`).
+    pub client_auth: ClientAuth,
+}
+
+/// Whether a TLS client must present a certificate.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Connections without a client certificate fail the handshake.
+    #[default]
+    Required,
+    /// A certificate is checked if presented; without one the client authenticates on CONNECT.
+    Optional,
 }
 
 impl Default for TlsConfig {
@@ -61,6 +75,7 @@ impl Default for TlsConfig {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             client_ca: PathBuf::new(),
+            client_auth: ClientAuth::Required,
         }
     }
 }

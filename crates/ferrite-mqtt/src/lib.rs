@@ -23,7 +23,7 @@ pub mod trie;
 use std::net::SocketAddr;
 
 pub use auth::{AnonymousLoopback, Authenticator, ConnectRequest, SessionGuard, Unrestricted};
-pub use config::{MqttConfig, TlsConfig};
+pub use config::{ClientAuth, MqttConfig, TlsConfig};
 pub use router::{Delivery, Message, PublishOutcome, Router, Verdict};
 pub use server::{MqttHandle, MqttServer, MqttStats};
 

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::MqttError;
 use crate::auth::Authenticator;
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, TlsConfig};
 use crate::router::Router;
 
 /// Gateway counters.
@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     /// Live connection per client id, for session takeover. Touched on connect and close.
     clients: Mutex<HashMap<Arc<str>, (u64, CancellationToken)>>,
     next_connection: AtomicU64,
+    /// The TLS listener's acceptor; replaced by [`MqttHandle::reload_tls`].
+    tls: Option<std::sync::RwLock<TlsAcceptor>>,
 }
 
 impl Shared {
@@ -116,6 +118,21 @@ impl MqttHandle {
             .spawn(async move { crate::connection::serve(stream, peer, None, shared).await });
         let _ = task.await;
     }
+
+    /// Rebuild the TLS listener's configuration from `config` (re-reading its PEM files: a
+    /// renewed server certificate, a new client CA) for connections accepted from now on.
+    /// Fails, keeping the current configuration, if the files are unusable or no TLS
+    /// listener runs.
+    pub fn reload_tls(&self, config: &TlsConfig) -> Result<(), MqttError> {
+        let Some(slot) = &self.shared.tls else {
+            return Err(MqttError::Tls("no TLS listener is running".to_owned()));
+        };
+        let acceptor = crate::tls::acceptor(config)?;
+        *slot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = acceptor;
+        Ok(())
+    }
 }
 
 /// A running MQTT listener.
@@ -139,12 +156,12 @@ impl MqttServer {
         shutdown: CancellationToken,
     ) -> Result<Self, MqttError> {
         let (listener, local_addr) = bind(config.listen).await?;
-        let tls = if config.tls.enabled() {
+        let (tls, acceptor) = if config.tls.enabled() {
             let acceptor = crate::tls::acceptor(&config.tls)?;
             let (listener, addr) = bind(config.tls.listen).await?;
-            Some((listener, addr, acceptor))
+            (Some((listener, addr)), Some(std::sync::RwLock::new(acceptor)))
         } else {
-            None
+            (None, None)
         };
         let shared = Arc::new(Shared {
             router,
@@ -154,6 +171,7 @@ impl MqttServer {
             stats: Arc::default(),
             clients: Mutex::default(),
             next_connection: AtomicU64::new(1),
+            tls: acceptor,
             config,
         });
         let tracker = TaskTracker::new();
@@ -162,15 +180,15 @@ impl MqttServer {
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         tracker.spawn(accept_loop(
             listener,
-            None,
+            false,
             Arc::clone(&shared),
             Arc::clone(&limit),
             tracker.clone(),
         ));
-        let tls_addr = tls.map(|(listener, addr, acceptor)| {
+        let tls_addr = tls.map(|(listener, addr)| {
             tracker.spawn(accept_loop(
                 listener,
-                Some(acceptor),
+                true,
                 Arc::clone(&shared),
                 Arc::clone(&limit),
                 tracker.clone(),
@@ -231,7 +249,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), MqttError> 
 
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: bool,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -252,7 +270,15 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
-                let tls = tls.clone();
+                let tls = if tls {
+                    shared.tls.as_ref().map(|slot| {
+                        slot.read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .clone()
+                    })
+                } else {
+                    None
+                };
                 tracker.spawn(async move {
                     match tls {
                         None => crate::connection::serve(stream, peer, None, shared).await,

@@ -11,7 +11,7 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto};
 
 use crate::MqttError;
-use crate::config::TlsConfig;
+use crate::config::{ClientAuth, TlsConfig};
 
 fn tls_error(path: &Path, what: impl std::fmt::Display) -> MqttError {
     MqttError::Tls(format!("{}: {what}", path.display()))
@@ -43,9 +43,13 @@ pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, MqttError> {
         for ca in certs(&config.client_ca)? {
             roots.add(ca).map_err(|e| tls_error(&config.client_ca, e))?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|e| tls_error(&config.client_ca, e))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        let verifier = match config.client_auth {
+            ClientAuth::Required => verifier,
+            ClientAuth::Optional => verifier.allow_unauthenticated(),
+        }
+        .build()
+        .map_err(|e| tls_error(&config.client_ca, e))?;
         builder.with_client_cert_verifier(verifier)
     };
     let server = builder

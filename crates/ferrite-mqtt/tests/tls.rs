@@ -98,6 +98,7 @@ async fn start(pki: &Pki, mutual: bool, auth: Arc<Recorder>) -> (MqttServer, Can
             } else {
                 PathBuf::new()
             },
+            ..TlsConfig::default()
         },
         ..MqttConfig::default()
     };
@@ -230,7 +231,7 @@ async fn bad_tls_files_are_a_clear_start_error() {
             listen: "127.0.0.1:0".parse().unwrap(),
             cert: pki.server_key.clone(), // a key where the certificate should be
             key: pki.server_key.clone(),
-            client_ca: PathBuf::new(),
+            ..TlsConfig::default()
         },
         ..MqttConfig::default()
     };

@@ -2,7 +2,8 @@
 //! token (user name = device id, password = token) or a client certificate; each session's
 //! guard asks the fleet's cached ACL on every publish and subscription, reports presence, and
 //! is revoked when the fleet says the device was disabled, deleted or lost the credential it
-//! connected with. Anonymous clients get in only if `auth.anonymous` allows them, with full
+//! connected with. Clients with the user name `$claim` are claim connections
+//! ([`crate::provision`]). Anonymous clients get in only if `auth.anonymous` allows them, with full
 //! access.
 
 use std::collections::HashMap;
@@ -15,6 +16,9 @@ use ferrite_fleet::{Action, AuthMethod, AuthRefusal, ConnectAttempt, Decision, F
 use ferrite_mqtt::{AnonymousLoopback, Authenticator, ConnectRequest, SessionGuard};
 use ferrite_mqtt_codec::ReasonCode;
 use tokio::sync::broadcast;
+
+use crate::events::{PresenceEvent, PresenceEvents};
+use crate::provision::{CLAIM_USERNAME, ClaimGuard, ClaimSessions};
 use tokio_util::sync::CancellationToken;
 
 /// Live sessions per device, to revoke them.
@@ -26,15 +30,25 @@ pub(crate) struct FleetAuthenticator {
     anonymous: Anonymous,
     clock: Arc<dyn Clock>,
     sessions: Arc<Sessions>,
+    events: PresenceEvents,
+    claims: ClaimSessions,
 }
 
 impl FleetAuthenticator {
-    pub(crate) fn new(fleet: Fleet, anonymous: Anonymous, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(
+        fleet: Fleet,
+        anonymous: Anonymous,
+        clock: Arc<dyn Clock>,
+        events: PresenceEvents,
+        claims: ClaimSessions,
+    ) -> Self {
         Self {
             fleet,
             anonymous,
             clock,
             sessions: Arc::new(Mutex::new(HashMap::new())),
+            events,
+            claims,
         }
     }
 
@@ -128,6 +142,16 @@ impl Authenticator for FleetAuthenticator {
         &self,
         request: &ConnectRequest<'_>,
     ) -> Result<Arc<dyn SessionGuard>, ReasonCode> {
+        if request.username == Some(CLAIM_USERNAME) && request.client_cert.is_none() {
+            let guard = ClaimGuard::admit(
+                &self.fleet,
+                &self.claims,
+                request.client_id,
+                request.password,
+                request.peer,
+            )?;
+            return Ok(guard);
+        }
         let anonymous = request.username.is_none()
             && request.password.is_none()
             && request.client_cert.is_none();
@@ -154,6 +178,7 @@ impl Authenticator for FleetAuthenticator {
                     device: auth.device.clone(),
                     method: auth.method,
                     revoked: CancellationToken::new(),
+                    events: self.events.clone(),
                 });
                 self.sessions
                     .lock()
@@ -186,6 +211,7 @@ struct DeviceGuard {
     device: DeviceId,
     method: AuthMethod,
     revoked: CancellationToken,
+    events: PresenceEvents,
 }
 
 impl DeviceGuard {
@@ -219,12 +245,30 @@ impl SessionGuard for DeviceGuard {
     }
 
     fn connected(&self, connection: u64, peer: SocketAddr) {
-        self.fleet
-            .connected(&self.device, connection, peer, self.clock.now());
+        let at = self.clock.now();
+        if self.fleet.connected(&self.device, connection, peer, at) {
+            self.events.send(PresenceEvent::Connected {
+                device: self.device.clone(),
+                connection,
+                peer,
+                at,
+            });
+        }
     }
 
     fn disconnected(&self, connection: u64, reason: &str) {
-        self.fleet
-            .disconnected(&self.device, connection, reason, self.clock.now());
+        let at = self.clock.now();
+        // A connection replaced by a newer one (takeover) does not make the device offline.
+        if self
+            .fleet
+            .disconnected(&self.device, connection, reason, at)
+        {
+            self.events.send(PresenceEvent::Disconnected {
+                device: self.device.clone(),
+                connection,
+                reason: reason.to_owned(),
+                at,
+            });
+        }
     }
 }

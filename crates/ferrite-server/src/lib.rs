@@ -11,7 +11,9 @@
 
 mod auth;
 pub mod config;
+mod events;
 mod ingest;
+mod provision;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,7 +31,9 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigErrors, ConfigSources};
 pub use ferrite_api::Anonymous;
+pub use events::PRESENCE_TOPIC;
 pub use ingest::IngestStats;
+pub use provision::CLAIM_USERNAME;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -140,19 +144,56 @@ impl Server {
         let bootstrap_token = fleet
             .bootstrap_admin(&Actor::System)?
             .map(|t| t.token.into_string());
-        let auth =
-            auth::FleetAuthenticator::new(fleet.clone(), config.auth.anonymous, Arc::clone(&clock));
+        let (events, events_rx) = events::PresenceEvents::new();
+        let claims = provision::ClaimSessions::default();
+        let auth = auth::FleetAuthenticator::new(
+            fleet.clone(),
+            config.auth.anonymous,
+            Arc::clone(&clock),
+            events,
+            Arc::clone(&claims),
+        );
         let background = TaskTracker::new();
         background.spawn(auth.watch_events(shutdown.clone()));
         background.spawn(flush_presence(fleet.clone(), shutdown.clone()));
+        // Ends when the gateway (holding every event sender) is dropped at shutdown.
+        ingest.spawn(events::run(events_rx, router.clone()));
+        background.spawn(provision::start(
+            &router,
+            fleet.clone(),
+            claims,
+            Arc::clone(&clock),
+            shutdown.clone(),
+        ));
+        let mut mqtt_config = config.mqtt.clone();
+        let fleet_ca = mqtt_config.tls.client_ca.as_os_str() == FLEET_CA;
+        if fleet_ca {
+            mqtt_config.tls.client_ca = if fleet.ca_cert_pem().is_some() {
+                fleet.ca_cert_path()
+            } else {
+                tracing::warn!(
+                    "mqtt.tls.client_ca = \"fleet\" but the fleet has no CA yet: client \
+                     certificates are not accepted until one is created (ferrite cert ca-init)"
+                );
+                PathBuf::new()
+            };
+        }
         let mqtt = MqttServer::start(
-            config.mqtt.clone(),
-            router,
+            mqtt_config.clone(),
+            router.clone(),
             Arc::new(auth),
             clock,
             shutdown.clone(),
         )
         .await?;
+        if fleet_ca && mqtt_config.tls.enabled() {
+            background.spawn(reload_tls_on_ca_change(
+                fleet.clone(),
+                mqtt.handle(),
+                mqtt_config.tls.clone(),
+                shutdown.clone(),
+            ));
+        }
 
         let query = Arc::new(QueryEngine::new(Arc::clone(&store), config.query.clone())?);
         let app = ferrite_api::router(ApiState {
@@ -162,6 +203,7 @@ impl Server {
             mqtt: Some(mqtt.handle()),
             fleet: Some(fleet.clone()),
             anonymous: config.auth.anonymous,
+            router: Some(router),
         });
         let listener = TcpListener::bind(config.http.listen)
             .await
@@ -273,6 +315,40 @@ impl Server {
         let store = Arc::clone(&self.store);
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
         tracing::info!("stopped");
+    }
+}
+
+/// `mqtt.tls.client_ca` value meaning "the fleet's own CA" (`data_dir/fleet/ca/ca.pem`).
+pub const FLEET_CA: &str = "fleet";
+
+/// Trust a CA created or imported while running, without a restart.
+async fn reload_tls_on_ca_change(
+    fleet: Fleet,
+    mqtt: ferrite_mqtt::MqttHandle,
+    mut tls: ferrite_mqtt::TlsConfig,
+    shutdown: CancellationToken,
+) {
+    let mut events = fleet.subscribe();
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            e = events.recv() => e,
+        };
+        match event {
+            Ok(ferrite_fleet::FleetEvent::CaChanged)
+            | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                if fleet.ca_cert_pem().is_none() {
+                    continue;
+                }
+                tls.client_ca = fleet.ca_cert_path();
+                match mqtt.reload_tls(&tls) {
+                    Ok(()) => tracing::info!("MQTT over TLS now trusts the fleet CA"),
+                    Err(e) => tracing::error!(error = %e, "cannot load the fleet CA for MQTT over TLS"),
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            Ok(_) => {}
+        }
     }
 }
 
