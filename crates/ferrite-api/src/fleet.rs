@@ -19,13 +19,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ferrite_core::{Classify, DeviceId};
-use axum::body::Bytes;
-use axum::http::HeaderMap;
 use ferrite_fleet::{
     ApiPrincipal, AuditQuery, Cursor, DeviceFilter, DevicePatch, Fleet, FleetError, ImportFormat,
     NewDevice, Permission, Role,
@@ -119,7 +119,11 @@ pub(crate) async fn access(
 
 /// Check HTTP Basic device credentials exactly like an MQTT CONNECT (brute-force limiter,
 /// enabled device, valid token).
-fn device_basic(state: &ApiState, encoded: &str, peer: SocketAddr) -> Result<DeviceId, Box<Response>> {
+fn device_basic(
+    state: &ApiState,
+    encoded: &str,
+    peer: SocketAddr,
+) -> Result<DeviceId, Box<Response>> {
     use base64::Engine as _;
     let fleet = fleet(state)?;
     let bad = || Box::new(unauthorized("bad device credentials"));
@@ -338,7 +342,14 @@ pub(crate) async fn list_devices(
     };
     let after = q.after.map(Cursor::parse);
     let limit = q.limit.unwrap_or(100);
-    let page = tri!(call(&state, move |f| f.list_devices(&filter, after.as_ref(), limit)).await);
+    let page = tri!(
+        call(&state, move |f| f.list_devices(
+            &filter,
+            after.as_ref(),
+            limit
+        ))
+        .await
+    );
     Json(json!({
         "items": page.items,
         "next": page.next.map(|c| c.as_str().to_owned()),
@@ -412,7 +423,11 @@ pub(crate) async fn create_credential(
     let label = body.label.unwrap_or_else(|| "api".to_owned());
     let expires_at = tri!(opt_time("expires_at", body.expires_at.as_deref()));
     let actor = p.actor();
-    let c = tri!(call(&state, move |f| f.create_credential(&actor, &id, &label, expires_at)).await);
+    let c = tri!(
+        call(&state, move |f| f
+            .create_credential(&actor, &id, &label, expires_at))
+        .await
+    );
     (
         StatusCode::CREATED,
         Json(json!({ "credential": c.info, "token": c.token.into_string() })),
@@ -430,7 +445,10 @@ pub(crate) async fn list_credentials(
     let list = tri!(
         call(&state, move |f| {
             if f.get_device(&id)?.is_none() {
-                return Err(FleetError::NotFound { what: "device", id: id.to_string() });
+                return Err(FleetError::NotFound {
+                    what: "device",
+                    id: id.to_string(),
+                });
             }
             f.list_credentials(&id)
         })
@@ -447,7 +465,14 @@ pub(crate) async fn revoke_credential(
     tri!(require(&p, Permission::WriteDevices));
     let id = tri!(device_id(&id));
     let actor = p.actor();
-    tri!(call(&state, move |f| f.revoke_credential(&actor, &id, &credential)).await);
+    tri!(
+        call(&state, move |f| f.revoke_credential(
+            &actor,
+            &id,
+            &credential
+        ))
+        .await
+    );
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -499,8 +524,9 @@ pub(crate) fn opt_time(
 ) -> Result<Option<ferrite_core::Timestamp>, Box<Response>> {
     value
         .map(|v| {
-            v.parse()
-                .map_err(|e: String| Box::new(error(StatusCode::BAD_REQUEST, &format!("{what}: {e}"))))
+            v.parse().map_err(|e: String| {
+                Box::new(error(StatusCode::BAD_REQUEST, &format!("{what}: {e}")))
+            })
         })
         .transpose()
 }
@@ -632,7 +658,11 @@ pub(crate) async fn create_token(
 ) -> Response {
     tri!(require(&p, Permission::ManageTokens));
     let actor = p.actor();
-    let t = tri!(call(&state, move |f| f.create_api_token(&actor, &body.name, body.role)).await);
+    let t = tri!(
+        call(&state, move |f| f
+            .create_api_token(&actor, &body.name, body.role))
+        .await
+    );
     (
         StatusCode::CREATED,
         Json(json!({ "info": t.info, "token": t.token.into_string() })),

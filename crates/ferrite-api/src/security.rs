@@ -22,8 +22,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ferrite_core::Timestamp;
 use ferrite_fleet::{
-    ApiPrincipal, ClaimTemplate, FleetError, IssuedCert, NewClaim, Permission, Policy,
-    Provisioned, ProvisionedCredential,
+    ApiPrincipal, ClaimTemplate, FleetError, IssuedCert, NewClaim, Permission, Policy, Provisioned,
+    ProvisionedCredential,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -56,10 +56,16 @@ pub(crate) async fn put_policy(
     State(state): State<ApiState>,
     Extension(p): Extension<ApiPrincipal>,
     Path(name): Path<String>,
-    Json(mut policy): Json<Policy>,
+    Json(mut body): Json<Value>,
 ) -> Response {
     tri!(require(&p, Permission::ManagePolicies));
-    policy.name = name;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("name".to_owned(), Value::String(name));
+    }
+    let policy: Policy = match serde_json::from_value(body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad policy: {e}")),
+    };
     let actor = p.actor();
     let saved = policy.clone();
     tri!(call(&state, move |f| f.put_policy(&actor, &policy)).await);
@@ -168,7 +174,10 @@ pub(crate) async fn issue_cert(
     let cert = tri!(
         call(&state, move |f| {
             if f.get_device(&id)?.is_none() {
-                return Err(FleetError::NotFound { what: "device", id: id.to_string() });
+                return Err(FleetError::NotFound {
+                    what: "device",
+                    id: id.to_string(),
+                });
             }
             match csr {
                 Some(csr) => f.sign_csr(&actor, &id, &csr),
@@ -322,7 +331,9 @@ pub(crate) async fn provision(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_owned())
     else {
-        return crate::fleet::unauthorized("a claim token is required: Authorization: Bearer <claim token>");
+        return crate::fleet::unauthorized(
+            "a claim token is required: Authorization: Bearer <claim token>",
+        );
     };
     let request = body.map(|b| b.0).unwrap_or_default();
     let requested = match request.device_id.as_deref().map(device_id).transpose() {

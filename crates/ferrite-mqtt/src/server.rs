@@ -159,7 +159,10 @@ impl MqttServer {
         let (tls, acceptor) = if config.tls.enabled() {
             let acceptor = crate::tls::acceptor(&config.tls)?;
             let (listener, addr) = bind(config.tls.listen).await?;
-            (Some((listener, addr)), Some(std::sync::RwLock::new(acceptor)))
+            (
+                Some((listener, addr)),
+                Some(std::sync::RwLock::new(acceptor)),
+            )
         } else {
             (None, None)
         };

@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigErrors, ConfigSources};
-pub use ferrite_api::Anonymous;
 pub use events::PRESENCE_TOPIC;
+pub use ferrite_api::Anonymous;
 pub use ingest::IngestStats;
 pub use provision::CLAIM_USERNAME;
 
@@ -343,7 +343,9 @@ async fn reload_tls_on_ca_change(
                 tls.client_ca = fleet.ca_cert_path();
                 match mqtt.reload_tls(&tls) {
                     Ok(()) => tracing::info!("MQTT over TLS now trusts the fleet CA"),
-                    Err(e) => tracing::error!(error = %e, "cannot load the fleet CA for MQTT over TLS"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot load the fleet CA for MQTT over TLS")
+                    }
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -77,7 +77,9 @@ impl ClaimGuard {
                 tracing::info!(client_id, claim = %info.id, %peer, "claim connection accepted");
                 Ok(guard)
             }
-            Err(FleetError::ClaimInvalid | FleetError::ClaimExpired | FleetError::ClaimExhausted) => {
+            Err(
+                FleetError::ClaimInvalid | FleetError::ClaimExpired | FleetError::ClaimExhausted,
+            ) => {
                 fleet.limiter().record_failure(peer.ip(), None);
                 tracing::info!(client_id, %peer, "claim connection refused: bad claim token");
                 Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
@@ -100,9 +102,9 @@ impl SessionGuard for ClaimGuard {
     }
 
     fn may_subscribe(&self, filter: &str) -> bool {
-        filter.strip_prefix(self.reply_filter.as_str()).is_some_and(|rest| {
-            matches!(rest, "+" | "#" | "accepted" | "rejected")
-        })
+        filter
+            .strip_prefix(self.reply_filter.as_str())
+            .is_some_and(|rest| matches!(rest, "+" | "#" | "accepted" | "rejected"))
     }
 
     fn revoked(&self) -> CancellationToken {

@@ -6,26 +6,18 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ferrite_server::{Config, Server};
+use ferrite_server::Server;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
-use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+use rumqttc::v5::{AsyncClient as Client5, Event as Event5};
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod common;
+use common::{WAIT, api, connect_v5, options5, start_with};
 
 /// A server that admits anonymous clients from loopback, as most tests here need.
 async fn start(dir: &Path) -> Server {
     start_with(dir, ferrite_api::Anonymous::Loopback).await
-}
-
-async fn start_with(dir: &Path, anonymous: ferrite_api::Anonymous) -> Server {
-    let mut config = Config::embedded();
-    config.data_dir = dir.to_owned();
-    config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
-    config.http.listen = "127.0.0.1:0".parse().unwrap();
-    config.auth.anonymous = anonymous;
-    Server::start(config).await.expect("server starts")
 }
 
 async fn sql(http: SocketAddr, q: &str) -> (u16, Value) {
@@ -43,12 +35,6 @@ async fn count(http: SocketAddr, table: &str) -> i64 {
     let (status, v) = sql(http, &format!("SELECT count(*) AS n FROM {table}")).await;
     assert_eq!(status, 200, "{v}");
     v[0]["n"].as_i64().unwrap()
-}
-
-fn options5(id: &str, mqtt: SocketAddr) -> Options5 {
-    let mut o = Options5::new(id, mqtt.ip().to_string(), mqtt.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    o
 }
 
 /// Publish `n` QoS 1 readings as `device` over MQTT 5 and return the PUBACK reasons.
@@ -577,55 +563,6 @@ async fn mqtt_over_websocket_stores_telemetry() {
         serde_json::json!([{"device_id": "ws-device", "temperature": 18.25}])
     );
     server.shutdown().await;
-}
-
-async fn api(
-    method: reqwest::Method,
-    url: String,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// Connect over MQTT 5 with a user name and password; the CONNACK's reason, and the client.
-async fn connect_v5(
-    mqtt: SocketAddr,
-    id: &str,
-    credentials: Option<(&str, &str)>,
-) -> (
-    rumqttc::v5::mqttbytes::v5::ConnectReturnCode,
-    Client5,
-    rumqttc::v5::EventLoop,
-) {
-    let mut o = options5(id, mqtt);
-    if let Some((u, p)) = credentials {
-        o.set_credentials(u, p);
-    }
-    let (client, mut el) = Client5::new(o, 16);
-    let code = tokio::time::timeout(WAIT, async {
-        loop {
-            match el.poll().await {
-                Ok(Event5::Incoming(Packet5::ConnAck(a))) => return a.code,
-                Ok(_) => {}
-                Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => return code,
-                Err(e) => panic!("connect failed: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("CONNACK in time");
-    (code, client, el)
 }
 
 #[tokio::test]
