@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -832,5 +833,154 @@ async fn import_is_idempotent_export_round_trips_and_the_audit_log_says_who() {
         "the actor is the bootstrap admin token: {}",
         items[0]["actor"]
     );
+    f.server.shutdown().await;
+}
+
+/// Mutual TLS against the fleet's own CA: created while the server runs (no restart), a
+/// certificate issued through the API names the device, and revoking it disconnects the live
+/// session and refuses the next handshake's CONNECT. Token devices keep using the same TLS port
+/// without a certificate (`client_auth = "optional"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_the_fleet_ca_and_live_revocation() {
+    use bytes::BytesMut;
+    use ferrite_mqtt_codec::{Connect, Decoder, Packet, Properties, ProtocolVersion, ReasonCode};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server_cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::write(&cert_path, server_cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let mut config = common::config(&dir.path().join("data"), ferrite_api::Anonymous::Off);
+    config.mqtt.tls.listen = "127.0.0.1:0".parse().unwrap();
+    config.mqtt.tls.cert = cert_path;
+    config.mqtt.tls.key = key_path;
+    config.mqtt.tls.client_ca = ferrite_server::FLEET_CA.into();
+    config.mqtt.tls.client_auth = ferrite_mqtt::ClientAuth::Optional;
+    let server = ferrite_server::Server::start(config).await.unwrap();
+    let tls_addr = server.mqtt_tls_addr().unwrap();
+    let f = Fixture {
+        mqtt: server.mqtt_addr(),
+        base: format!("http://{}/api/v1", server.http_addr()),
+        admin: server.bootstrap_token().unwrap().to_owned(),
+        server,
+        _dir: dir,
+    };
+
+    let connector = |client: Option<(&str, &str)>| {
+        let mut roots = RootCertStore::empty();
+        roots.add(server_cert.der().clone()).unwrap();
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots);
+        let config = match client {
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        TlsConnector::from(Arc::new(config))
+    };
+    // TLS, then CONNECT; the CONNACK reason and the live stream (None if the handshake failed).
+    let connect = async |connector: TlsConnector, id: &str, password: Option<&str>| {
+        let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.ok()?;
+        let mut buf = BytesMut::new();
+        Packet::Connect(Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: id.into(),
+            will: None,
+            username: password.map(|_| id.into()),
+            password: password.map(|p| bytes::Bytes::copy_from_slice(p.as_bytes())),
+            properties: Properties::default(),
+        })
+        .encode(ProtocolVersion::V5, &mut buf)
+        .unwrap();
+        tls.write_all(&buf).await.ok()?;
+        let mut decoder = Decoder::new(1 << 20);
+        decoder.set_version(ProtocolVersion::V5);
+        let mut rbuf = BytesMut::new();
+        loop {
+            if let Some(Packet::ConnAck(a)) = decoder.decode(&mut rbuf).unwrap() {
+                return Some((a.reason_code, tls, decoder, rbuf));
+            }
+            if tls.read_buf(&mut rbuf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    };
+
+    // The CA is created through the API; the TLS listener picks it up without a restart.
+    let (status, _) = f.call(Method::POST, "/ca", Some(json!({"common_name": "Test fleet CA"}))).await;
+    assert_eq!(status, 201);
+    f.device(json!({"id": "c1"})).await;
+    let (status, issued) = f.call(Method::POST, "/devices/c1/certs", Some(json!({}))).await;
+    assert_eq!(status, 201, "{issued}");
+    let (cert, key) = (
+        issued["cert"].as_str().unwrap().to_owned(),
+        issued["key"].as_str().unwrap().to_owned(),
+    );
+    let live = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(c) = connect(connector(Some((&cert, &key))), "c1", None).await {
+                return c;
+            }
+            // The reload follows the CA event; retry the handshake until it is trusted.
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the fleet CA is trusted without a restart");
+    let (reason, mut stream, mut decoder, mut rbuf) = live;
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    let (_, d) = f.call(Method::GET, "/devices/c1", None).await;
+    assert_eq!(d["presence"]["online"], true, "{d}");
+
+    // A token device on the same port without a certificate.
+    let token = f.device(json!({"id": "t1"})).await;
+    let (reason, ..) = connect(connector(None), "t1", Some(&token)).await.unwrap();
+    assert_eq!(reason, ReasonCode::SUCCESS);
+    // A certificate does not let a device claim another id.
+    let (reason, ..) = connect(connector(Some((&cert, &key))), "t1", None).await.unwrap();
+    assert_eq!(reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+
+    // Revocation: the live session is told 0x87 and closed; the next CONNECT is refused.
+    let serial = issued["serial"].as_str().unwrap();
+    let (status, _) = f.call(Method::DELETE, &format!("/certs/{serial}"), None).await;
+    assert_eq!(status, 204);
+    let disconnect = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(p) = decoder.decode(&mut rbuf).unwrap() {
+                return Some(p);
+            }
+            if stream.read_buf(&mut rbuf).await.unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    match disconnect {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::NOT_AUTHORIZED),
+        other => panic!("expected DISCONNECT 0x87, got {other:?}"),
+    }
+    let (reason, ..) = connect(connector(Some((&cert, &key))), "c1", None).await.unwrap();
+    assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
     f.server.shutdown().await;
 }
