@@ -927,10 +927,18 @@ async fn mutual_tls_with_the_fleet_ca_and_live_revocation() {
     };
 
     // The CA is created through the API; the TLS listener picks it up without a restart.
-    let (status, _) = f.call(Method::POST, "/ca", Some(json!({"common_name": "Test fleet CA"}))).await;
+    let (status, _) = f
+        .call(
+            Method::POST,
+            "/ca",
+            Some(json!({"common_name": "Test fleet CA"})),
+        )
+        .await;
     assert_eq!(status, 201);
     f.device(json!({"id": "c1"})).await;
-    let (status, issued) = f.call(Method::POST, "/devices/c1/certs", Some(json!({}))).await;
+    let (status, issued) = f
+        .call(Method::POST, "/devices/c1/certs", Some(json!({})))
+        .await;
     assert_eq!(status, 201, "{issued}");
     let (cert, key) = (
         issued["cert"].as_str().unwrap().to_owned(),
@@ -957,12 +965,16 @@ async fn mutual_tls_with_the_fleet_ca_and_live_revocation() {
     let (reason, ..) = connect(connector(None), "t1", Some(&token)).await.unwrap();
     assert_eq!(reason, ReasonCode::SUCCESS);
     // A certificate does not let a device claim another id.
-    let (reason, ..) = connect(connector(Some((&cert, &key))), "t1", None).await.unwrap();
+    let (reason, ..) = connect(connector(Some((&cert, &key))), "t1", None)
+        .await
+        .unwrap();
     assert_eq!(reason, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
 
     // Revocation: the live session is told 0x87 and closed; the next CONNECT is refused.
     let serial = issued["serial"].as_str().unwrap();
-    let (status, _) = f.call(Method::DELETE, &format!("/certs/{serial}"), None).await;
+    let (status, _) = f
+        .call(Method::DELETE, &format!("/certs/{serial}"), None)
+        .await;
     assert_eq!(status, 204);
     let disconnect = tokio::time::timeout(WAIT, async {
         loop {
@@ -980,7 +992,9 @@ async fn mutual_tls_with_the_fleet_ca_and_live_revocation() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::NOT_AUTHORIZED),
         other => panic!("expected DISCONNECT 0x87, got {other:?}"),
     }
-    let (reason, ..) = connect(connector(Some((&cert, &key))), "c1", None).await.unwrap();
+    let (reason, ..) = connect(connector(Some((&cert, &key))), "c1", None)
+        .await
+        .unwrap();
     assert_eq!(reason, ReasonCode::NOT_AUTHORIZED);
     f.server.shutdown().await;
 }

@@ -67,6 +67,29 @@ enum Command {
         #[command(subcommand)]
         command: fleet_cmd::TokenCommand,
     },
+    /// The fleet CA and device certificates for mutual TLS.
+    Cert {
+        #[command(flatten)]
+        api: fleet_cmd::ApiArgs,
+        #[command(subcommand)]
+        command: fleet_cmd::CertCommand,
+    },
+    /// Access policies: what devices may publish and subscribe to beyond devices/{id}/.
+    Policy {
+        #[command(flatten)]
+        api: fleet_cmd::ApiArgs,
+        #[command(subcommand)]
+        command: fleet_cmd::PolicyCommand,
+    },
+    /// Claim tokens with which devices enroll themselves.
+    Claim {
+        #[command(flatten)]
+        api: fleet_cmd::ApiArgs,
+        #[command(subcommand)]
+        command: fleet_cmd::ClaimCommand,
+    },
+    /// Show the audit log: who changed what, when.
+    Audit(fleet_cmd::AuditArgs),
     /// Print or check the configuration.
     Config {
         #[command(subcommand)]
@@ -281,6 +304,10 @@ fn main() -> ExitCode {
         Command::Query(args) => runtime.block_on(query(args)),
         Command::Device { api, command } => runtime.block_on(fleet_cmd::device(api, command)),
         Command::Token { api, command } => runtime.block_on(fleet_cmd::token(api, command)),
+        Command::Cert { api, command } => runtime.block_on(fleet_cmd::cert(api, command)),
+        Command::Policy { api, command } => runtime.block_on(fleet_cmd::policy(api, command)),
+        Command::Claim { api, command } => runtime.block_on(fleet_cmd::claim(api, command)),
+        Command::Audit(args) => runtime.block_on(fleet_cmd::audit(args)),
     }
 }
 

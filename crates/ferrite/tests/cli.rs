@@ -618,3 +618,190 @@ async fn devices_and_tokens_from_the_cli_with_the_printed_admin_token() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
 }
+
+fn stdout_of(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn fleet_administration_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(dir.path(), "off");
+    let admin = server.admin.clone().unwrap();
+    let http = server.http.to_string();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--http", &http]);
+        ferrite(&all, Some(&admin))
+    };
+
+    // Import 2,000 devices in 5 requests; a bad record is reported with its file line.
+    let mut ndjson: String = (0..2000)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"cli-{i:05}\",\"type\":\"meter\",\"groups\":[\"g{}\"]}}\n",
+                i % 4
+            )
+        })
+        .collect();
+    let good = dir.path().join("devices.ndjson");
+    std::fs::write(&good, &ndjson).unwrap();
+    ndjson.insert_str(0, "{\"id\": \"bad id!\"}\n");
+    let with_bad = dir.path().join("with-bad.ndjson");
+    std::fs::write(&with_bad, &ndjson).unwrap();
+    let first = run(&[
+        "device",
+        "import",
+        with_bad.to_str().unwrap(),
+        "--batch",
+        "500",
+    ]);
+    assert_eq!(first.status.code(), Some(2), "a failed record exits 2");
+    let text = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        text.contains("2001 records: 2000 created, 0 updated, 0 unchanged, 1 failed"),
+        "{text}"
+    );
+    assert!(text.contains("line 1:"), "{text}");
+    let again = stdout_of(&run(&["device", "import", good.to_str().unwrap()]));
+    assert!(
+        again.contains("2000 records: 0 created, 0 updated, 2000 unchanged, 0 failed"),
+        "{again}"
+    );
+
+    // Export to a file; it imports back unchanged.
+    let exported = dir.path().join("export.csv");
+    stdout_of(&run(&[
+        "device",
+        "export",
+        "--format",
+        "csv",
+        "--out",
+        exported.to_str().unwrap(),
+    ]));
+    let csv = std::fs::read_to_string(&exported).unwrap();
+    assert_eq!(csv.lines().count(), 2001, "header and 2,000 rows");
+    let back = stdout_of(&run(&[
+        "device",
+        "import",
+        exported.to_str().unwrap(),
+        "--batch",
+        "700",
+    ]));
+    assert!(
+        back.contains("0 created, 0 updated, 2000 unchanged"),
+        "{back}"
+    );
+
+    // Update: set a tag, disable.
+    stdout_of(&run(&[
+        "device",
+        "update",
+        "cli-00007",
+        "--tag",
+        "site=north",
+        "--disable",
+    ]));
+    let shown = stdout_of(&run(&["device", "show", "cli-00007"]));
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["device"]["enabled"], false);
+    assert_eq!(shown["device"]["tags"]["site"], "north");
+
+    // Credentials: add, rotate, revoke.
+    let added = stdout_of(&run(&["device", "add", "rot-1"]));
+    assert!(added.contains("token (shown once): fd_"));
+    let creds: serde_json::Value =
+        serde_json::from_str(&stdout_of(&run(&["device", "credentials", "rot-1"]))).unwrap();
+    let old = creds[0]["id"].as_str().unwrap().to_owned();
+    let rotated = stdout_of(&run(&["device", "rotate", "rot-1", &old, "--grace", "1h"]));
+    assert!(rotated.contains("the old token works for 1h"), "{rotated}");
+    stdout_of(&run(&["device", "revoke", "rot-1", &old]));
+    let creds: serde_json::Value =
+        serde_json::from_str(&stdout_of(&run(&["device", "credentials", "rot-1"]))).unwrap();
+    assert_eq!(creds.as_array().unwrap().len(), 1);
+    assert_ne!(creds[0]["id"], old.as_str());
+
+    // Certificates: a CA, a device certificate with its private key written owner-only.
+    let ca = stdout_of(&run(&["cert", "ca-init", "--cn", "CLI test CA"]));
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let issued = stdout_of(&run(&[
+        "cert",
+        "issue",
+        "rot-1",
+        "--dir",
+        certs.to_str().unwrap(),
+    ]));
+    assert!(issued.contains("rot-1.key"), "{issued}");
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(certs.join("rot-1.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(
+        key_mode & 0o077,
+        0,
+        "the private key is readable by its owner only"
+    );
+    assert!(
+        std::fs::read_to_string(certs.join("rot-1.crt"))
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert_eq!(std::fs::read_to_string(certs.join("ca.crt")).unwrap(), ca);
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout_of(&run(&["cert", "list", "rot-1"]))).unwrap();
+    let serial = listed[0]["serial"].as_str().unwrap().to_owned();
+    stdout_of(&run(&["cert", "revoke", &serial]));
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout_of(&run(&["cert", "list", "rot-1"]))).unwrap();
+    assert!(!listed[0]["revoked_at"].is_null(), "{listed}");
+
+    // Policies and claims.
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"attach": ["group:g1"], "allow": [{"access": "subscribe", "topics": ["broadcast/${group}/#"]}]}"#,
+    )
+    .unwrap();
+    stdout_of(&run(&[
+        "policy",
+        "put",
+        "g1-broadcast",
+        policy.to_str().unwrap(),
+    ]));
+    let policies = stdout_of(&run(&["policy", "list"]));
+    assert!(policies.contains("broadcast/${group}/#"), "{policies}");
+    std::fs::write(&policy, r#"{"attach": ["nonsense"]}"#).unwrap();
+    let bad = run(&["policy", "put", "broken", policy.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2), "an invalid policy is refused");
+    let claim = stdout_of(&run(&[
+        "claim",
+        "create",
+        "--label",
+        "line 3",
+        "--type",
+        "meter",
+        "--max-uses",
+        "10",
+        "--expires-in",
+        "7d",
+    ]));
+    assert!(claim.contains("token (shown once): fc_"), "{claim}");
+
+    // The audit log names the admin for every change to a device.
+    let audit = stdout_of(&run(&["audit", "--target", "cli-00007"]));
+    let lines: Vec<&str> = audit.lines().collect();
+    assert_eq!(lines.len(), 2, "import create + update: {audit}");
+    assert!(
+        lines[1].contains("device.update") && lines[1].contains("admin"),
+        "{audit}"
+    );
+}
