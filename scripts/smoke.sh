@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's user path with real clients: start `ferrite serve` on a fresh data folder,
 # register a device with `ferrite device add` (admin token from the banner) and publish with
-# its token, publish with mosquitto_pub (MQTT 5, 3.1.1, and over TLS with an openssl-made CA),
+# its token, publish with mosquitto_pub (MQTT 5, 3.1.1, over TLS with an openssl-made CA, and
+# with a client certificate from the fleet's CA), enroll a device with a claim token, publish
+# over HTTP with device credentials, watch a presence event,
 # receive with mosquitto_sub, query with curl,
 # kill -9 right after the PUBACK, restart, and check the rows are still there.
 # Talks only to 127.0.0.1; every wait is bounded.
@@ -31,7 +33,8 @@ openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key
 start() {
   FERRITE_MQTT_TLS_CERT="$work/server.pem" FERRITE_MQTT_TLS_KEY="$work/server.key" \
     "$bin" serve --data-dir "$work/data" --mqtt-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-    --set mqtt.tls.listen=127.0.0.1:0 --anonymous loopback >"$work/out" 2>"$work/err" &
+    --set mqtt.tls.listen=127.0.0.1:0 --set mqtt.tls.client_ca=fleet --set mqtt.tls.client_auth=optional \
+    --anonymous loopback >"$work/out" 2>"$work/err" &
   pid=$!
   timeout 30 bash -c "until grep -q 'HTTP API' '$work/out'; do sleep 0.1; done" || fail "server did not start"
   mqtt=$(grep -o 'mqtt://[0-9.:]*' "$work/out" | head -1 | sed 's|mqtt://||')
@@ -69,6 +72,40 @@ grep -q '"temperature":21.5' "$work/sub" || fail "subscriber got: $(cat "$work/s
 # MQTT over TLS with the operator's CA.
 mosquitto_pub -h localhost -p "$tport" --cafile "$work/ca.pem" -V mqttv5 -q 1 -t devices/d4/telemetry \
   -m '{"temperature":5.5}' || fail "mosquitto_pub over TLS"
+
+# Mutual TLS with the fleet's own CA, created while the server runs; presence is announced.
+cli() { FERRITE_TOKEN="$admin" "$bin" "$@" --http "$http"; }
+cli cert ca-init >/dev/null || fail "cert ca-init"
+cli cert issue d5 --dir "$work" >/dev/null || fail "cert issue"
+stdbuf -oL mosquitto_sub -d -h 127.0.0.1 -p "$mport" -V mqttv5 -t '$ferrite/events/presence/connected/d5' -C 1 -W 20 >"$work/presence" &
+psub=$!
+timeout 10 bash -c "until grep -q SUBACK '$work/presence'; do sleep 0.05; done" || fail "presence subscriber"
+# The listener reloads the CA on the fleet's event; retry the handshake until it is trusted.
+timeout 10 bash -c "until mosquitto_pub -h localhost -p '$tport' --cafile '$work/ca.pem' --cert '$work/d5.crt' \
+  --key '$work/d5.key' -i d5 -V mqttv5 -q 1 -t devices/d5/telemetry/env -m '{\"temperature\":6.5}' 2>/dev/null; do sleep 0.1; done" \
+  || fail "mosquitto_pub with a fleet-issued client certificate"
+wait "$psub" || fail "no presence event"
+grep -q '"event":"connected"' "$work/presence" || fail "presence event: $(cat "$work/presence")"
+
+# A device enrolls itself with a claim token over HTTP, then publishes with its new token;
+# devices without a connection publish over HTTP with Basic credentials.
+claim=$(cli claim create --label smoke --max-uses 1 | sed -n 's/.*token (shown once): //p')
+[ -n "$claim" ] || fail "claim create"
+curl -sS --max-time 10 -H "Authorization: Bearer $claim" -H 'Content-Type: application/json' \
+  -d '{"device_id":"claimed-1"}' "http://$http/api/v1/provision" >"$work/provisioned" || fail "provision"
+ctoken=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$work/provisioned") \
+  || fail "provision answer: $(cat "$work/provisioned")"
+mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv311 -q 1 -i claimed-1 -u claimed-1 -P "$ctoken" \
+  -t devices/claimed-1/telemetry/env -m '{"temperature":3.5}' || fail "mosquitto_pub as the claimed device"
+code=$(curl -s -o /dev/null -w '%{http_code}' -u "d5:$d5" --data-binary '{"temperature":8.5}' \
+  "http://$http/api/v1/publish/devices/d5/telemetry/env")
+[ "$code" = 204 ] || fail "HTTP publish with a device token gave $code"
+code=$(curl -s -o /dev/null -w '%{http_code}' -u "d5:$d5" --data-binary '{"temperature":8.5}' \
+  "http://$http/api/v1/publish/devices/d6/telemetry/env")
+[ "$code" = 403 ] || fail "HTTP publish outside the device's namespace gave $code"
+env_rows=$(query 'SELECT device_id, temperature FROM env ORDER BY temperature')
+[ "$env_rows" = '[{"device_id":"claimed-1","temperature":3.5},{"device_id":"d5","temperature":6.5},{"device_id":"d5","temperature":8.5}]' ] \
+  || fail "env rows: $env_rows"
 
 # A bad payload is refused (MQTT 5 reason 0x99 reaches mosquitto_pub as an error).
 if mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t devices/d1/telemetry -m '{"temperature":{"nested":1}}' 2>"$work/bad"; then
