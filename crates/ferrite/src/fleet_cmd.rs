@@ -996,10 +996,10 @@ fn import_chunks(text: &str, csv: bool, batch: usize) -> Vec<Chunk> {
     let mut body = header_line.clone().unwrap_or_default();
     let (mut records, mut bytes) = (0usize, header.map_or(0, str::len));
     let mut in_quotes = false;
-    // 1-based number of the next line read from the file.
-    let mut line_no: u64 = if csv { 2 } else { 1 };
-    let mut first_line = line_no;
-    for line in lines {
+    // Lines are numbered from 1 in the file; a CSV's first record is on line 2.
+    let first_record_line: u64 = if csv { 2 } else { 1 };
+    let mut first_line = first_record_line;
+    for (line_no, line) in (first_record_line..).zip(lines) {
         if records >= batch && !in_quotes {
             chunks.push(Chunk {
                 line_offset: if csv { first_line - 2 } else { first_line - 1 },
@@ -1011,7 +1011,6 @@ fn import_chunks(text: &str, csv: bool, batch: usize) -> Vec<Chunk> {
         }
         body.push_str(line);
         bytes += line.len();
-        line_no += 1;
         if csv && line.bytes().filter(|&b| b == b'"').count() % 2 == 1 {
             in_quotes = !in_quotes;
         }
