@@ -10,8 +10,15 @@
 //! - `GET /api/v1/devices?type=&group=&enabled=&online=&prefix=&tag=k:v&limit=&after=` →
 //!   `{items, next}`;
 //! - `GET|PATCH|DELETE /api/v1/devices/{id}`;
-//! - `POST /api/v1/devices/{id}/credentials` `{label?}` → 201 `{credential, token}`;
-//! - `GET /api/v1/fleet` → counts (total, online, never seen, disabled);
+//! - `GET|POST /api/v1/devices/{id}/credentials` (`{label?, expires_at?}` → 201
+//!   `{credential, token}`); `DELETE /api/v1/devices/{id}/credentials/{cred}` revokes (live
+//!   sessions using it end); `POST …/{cred}/rotate` `{label?, grace?}` → a new token while the
+//!   old one works until revoked or for `grace`;
+//! - `POST /api/v1/devices/import?format=ndjson|csv` → the import report (idempotent);
+//!   `GET /api/v1/devices/export?format=ndjson|csv`, streamed;
+//! - `GET /api/v1/audit?since=&until=&target=&limit=&after=`;
+//! - `GET /api/v1/fleet` → counts (total, online, never seen, disabled) and `auth`: failed
+//!   authentications and attempts refused by the brute-force limiter;
 //! - `POST /api/v1/tokens` `{name, role}` → 201 `{token, info}`; `GET /api/v1/tokens`;
 //!   `DELETE /api/v1/tokens/{id}`.
 
@@ -640,8 +647,16 @@ pub(crate) async fn counts(
     Extension(p): Extension<ApiPrincipal>,
 ) -> Response {
     tri!(require(&p, Permission::ReadFleet));
-    let c = tri!(call(&state, |f| f.counts()).await);
-    Json(c).into_response()
+    let (c, limiter) = tri!(call(&state, |f| Ok((f.counts()?, f.limiter().stats()))).await);
+    let mut v = json!(c);
+    v["auth"] = json!({
+        "failures": limiter.failures,
+        "refused_by_ip": limiter.refused_by_ip,
+        "refused_by_device": limiter.refused_by_device,
+        "tracked_ips": limiter.tracked_ips,
+        "tracked_devices": limiter.tracked_devices,
+    });
+    Json(v).into_response()
 }
 
 #[derive(Deserialize)]

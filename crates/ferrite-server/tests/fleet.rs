@@ -369,6 +369,8 @@ async fn claim_provisioning_over_mqtt_and_http() {
     )
     .await;
     assert_eq!(status, 401);
+    let (_, counts) = f.call(Method::GET, "/fleet", None).await;
+    assert_eq!(counts["auth"]["failures"], 1, "the failure is counted: {counts}");
     let (status, p) = api(
         Method::POST,
         format!("{}/provision", f.base),
