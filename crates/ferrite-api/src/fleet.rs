@@ -40,7 +40,7 @@ use ferrite_fleet::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{ApiState, error, status_of};
+use crate::{ApiState, JsonBody, error, status_of};
 
 /// Who may use the API (and MQTT) without credentials.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,7 +276,7 @@ fn yes() -> bool {
 pub(crate) async fn create_device(
     State(state): State<ApiState>,
     Extension(p): Extension<ApiPrincipal>,
-    Json(body): Json<CreateDevice>,
+    JsonBody(body): JsonBody<CreateDevice>,
 ) -> Response {
     tri!(require(&p, Permission::WriteDevices));
     let id = tri!(device_id(&body.id));
@@ -389,7 +389,7 @@ pub(crate) async fn update_device(
     State(state): State<ApiState>,
     Extension(p): Extension<ApiPrincipal>,
     Path(id): Path<String>,
-    Json(patch): Json<DevicePatch>,
+    JsonBody(patch): JsonBody<DevicePatch>,
 ) -> Response {
     tri!(require(&p, Permission::WriteDevices));
     let id = tri!(device_id(&id));
@@ -669,7 +669,7 @@ pub(crate) struct CreateToken {
 pub(crate) async fn create_token(
     State(state): State<ApiState>,
     Extension(p): Extension<ApiPrincipal>,
-    Json(body): Json<CreateToken>,
+    JsonBody(body): JsonBody<CreateToken>,
 ) -> Response {
     tri!(require(&p, Permission::ManageTokens));
     let actor = p.actor();

@@ -306,6 +306,25 @@ fn query_error(e: &QueryError) -> Response {
     error(status, &e.to_string())
 }
 
+/// A JSON request body; a body that is not the expected JSON is answered 400
+/// `{"error": "..."}` like every other bad input (axum's own extractor answers 422 in text).
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(e) => Err(error(StatusCode::BAD_REQUEST, &e.body_text())),
+        }
+    }
+}
+
 fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::fleet::{call, device_id, fleet_error, require, tri};
-use crate::{ApiState, error};
+use crate::{ApiState, JsonBody, error};
 
 pub(crate) async fn list_policies(
     State(state): State<ApiState>,
@@ -56,7 +56,7 @@ pub(crate) async fn put_policy(
     State(state): State<ApiState>,
     Extension(p): Extension<ApiPrincipal>,
     Path(name): Path<String>,
-    Json(mut body): Json<Value>,
+    JsonBody(mut body): JsonBody<Value>,
 ) -> Response {
     tri!(require(&p, Permission::ManagePolicies));
     if let Some(o) = body.as_object_mut() {
@@ -135,7 +135,7 @@ pub(crate) struct ImportCa {
 pub(crate) async fn import_ca(
     State(state): State<ApiState>,
     Extension(p): Extension<ApiPrincipal>,
-    Json(body): Json<ImportCa>,
+    JsonBody(body): JsonBody<ImportCa>,
 ) -> Response {
     tri!(require(&p, Permission::ManagePki));
     let actor = p.actor();
@@ -231,7 +231,7 @@ fn one() -> u32 {
 pub(crate) async fn create_claim(
     State(state): State<ApiState>,
     Extension(p): Extension<ApiPrincipal>,
-    Json(body): Json<CreateClaim>,
+    JsonBody(body): JsonBody<CreateClaim>,
 ) -> Response {
     tri!(require(&p, Permission::WriteDevices));
     let ttl = match body.expires_in.as_deref().map(humantime::parse_duration) {

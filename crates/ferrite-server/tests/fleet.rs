@@ -370,7 +370,10 @@ async fn claim_provisioning_over_mqtt_and_http() {
     .await;
     assert_eq!(status, 401);
     let (_, counts) = f.call(Method::GET, "/fleet", None).await;
-    assert_eq!(counts["auth"]["failures"], 1, "the failure is counted: {counts}");
+    assert_eq!(
+        counts["auth"]["failures"], 1,
+        "the failure is counted: {counts}"
+    );
     let (status, p) = api(
         Method::POST,
         format!("{}/provision", f.base),
@@ -606,6 +609,19 @@ async fn roles_per_endpoint() {
             }
         }
     }
+    // A body that is not the expected JSON is a 400 naming the problem, and changes nothing.
+    let (status, v) = f
+        .call(
+            Method::POST,
+            "/devices",
+            Some(json!({"id": "y1", "colour": "red"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("colour"), "{v}");
+    let (status, _) = f.call(Method::GET, "/devices/y1", None).await;
+    assert_eq!(status, 404);
+
     // A revoked token stops working at once.
     let (_, list) = f.call(Method::GET, "/tokens", None).await;
     let viewer_id = list
