@@ -58,7 +58,19 @@ pub(crate) enum DeviceCommand {
         /// Only devices in this group.
         #[arg(long)]
         group: Option<String>,
-        /// Most devices to print.
+        /// Only devices with this tag, `key=value`.
+        #[arg(long, value_name = "KEY=VALUE")]
+        tag: Option<String>,
+        /// Only devices whose id starts with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only devices connected now (`true`) or not (`false`).
+        #[arg(long)]
+        online: Option<bool>,
+        /// Only enabled (`true`) or disabled (`false`) devices.
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// Most devices to print (pages through the registry as needed).
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -353,33 +365,70 @@ async fn device_inner(api: ApiArgs, command: DeviceCommand) -> Result<String, Ex
         DeviceCommand::List {
             device_type,
             group,
+            tag,
+            prefix,
+            online,
+            enabled,
             limit,
         } => {
-            let mut path = format!("/api/v1/devices?limit={limit}");
+            let mut query: Vec<(&str, String)> = Vec::new();
             if let Some(t) = device_type {
-                path.push_str(&format!("&type={t}"));
+                query.push(("type", t));
             }
             if let Some(g) = group {
-                path.push_str(&format!("&group={g}"));
+                query.push(("group", g));
             }
-            call(&api, reqwest::Method::GET, &path, None)
-                .await
-                .map(|v| {
-                    let mut s = String::new();
-                    for d in v["items"].as_array().into_iter().flatten() {
-                        s.push_str(&format!(
-                            "{}\t{}\t{}\n",
-                            d["id"].as_str().unwrap_or_default(),
-                            d["type"].as_str().unwrap_or("-"),
-                            if d["enabled"].as_bool().unwrap_or(false) {
-                                "enabled"
-                            } else {
-                                "disabled"
-                            }
-                        ));
-                    }
-                    s
-                })
+            if let Some(t) = tag {
+                let Some((k, v)) = t.split_once('=') else {
+                    eprintln!("error: --tag {t}: expected KEY=VALUE");
+                    return Err(ExitCode::from(2));
+                };
+                query.push(("tag", format!("{k}:{v}")));
+            }
+            if let Some(p) = prefix {
+                query.push(("prefix", p));
+            }
+            if let Some(o) = online {
+                query.push(("online", o.to_string()));
+            }
+            if let Some(e) = enabled {
+                query.push(("enabled", e.to_string()));
+            }
+            let mut s = String::new();
+            let (mut printed, mut after) = (0usize, None::<String>);
+            while printed < limit {
+                let mut q = query.clone();
+                q.push(("limit", (limit - printed).min(1000).to_string()));
+                if let Some(a) = &after {
+                    q.push(("after", a.clone()));
+                }
+                let path = format!(
+                    "/api/v1/devices?{}",
+                    q.iter()
+                        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                        .collect::<Vec<_>>()
+                        .join("&")
+                );
+                let v = call(&api, reqwest::Method::GET, &path, None).await?;
+                for d in v["items"].as_array().into_iter().flatten() {
+                    printed += 1;
+                    s.push_str(&format!(
+                        "{}\t{}\t{}\n",
+                        d["id"].as_str().unwrap_or_default(),
+                        d["type"].as_str().unwrap_or("-"),
+                        if d["enabled"].as_bool().unwrap_or(false) {
+                            "enabled"
+                        } else {
+                            "disabled"
+                        },
+                    ));
+                }
+                match v["next"].as_str() {
+                    Some(n) => after = Some(n.to_owned()),
+                    None => break,
+                }
+            }
+            Ok(s)
         }
         DeviceCommand::Show { id } => call(
             &api,

@@ -699,6 +699,17 @@ async fn fleet_administration_from_the_cli() {
         "{back}"
     );
 
+    // Listing pages through the registry (the server answers at most 1,000 per page).
+    let listed = stdout_of(&run(&[
+        "device", "list", "--group", "g1", "--limit", "1000",
+    ]));
+    assert_eq!(listed.lines().count(), 500, "every fourth device is in g1");
+    let listed = stdout_of(&run(&[
+        "device", "list", "--limit", "1500", "--prefix", "cli-",
+    ]));
+    assert_eq!(listed.lines().count(), 1500);
+    assert!(listed.lines().nth(1499).unwrap().starts_with("cli-01499\t"));
+
     // Update: set a tag, disable.
     stdout_of(&run(&[
         "device",
