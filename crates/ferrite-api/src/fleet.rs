@@ -6,7 +6,7 @@
 //! admin only where the operator turned anonymous access on ([`Anonymous`]).
 //!
 //! - `POST /api/v1/devices` `{id, name?, type?, tags?, groups?, firmware_version?, enabled?,
-//!   credential?}` → 201 `{device, token?}` (the token is shown this once);
+//!   credential?, credential_label?}` → 201 `{device, token?}` (the token is shown this once);
 //! - `GET /api/v1/devices?type=&group=&enabled=&online=&prefix=&tag=k:v&limit=&after=` →
 //!   `{items, next}`;
 //! - `GET|PATCH|DELETE /api/v1/devices/{id}`;
@@ -267,6 +267,8 @@ pub(crate) struct CreateDevice {
     /// Also create a token credential and return it.
     #[serde(default)]
     credential: bool,
+    /// The label of that credential (default `initial`).
+    credential_label: Option<String>,
 }
 
 fn yes() -> bool {
@@ -291,10 +293,13 @@ pub(crate) async fn create_device(
     };
     let actor = p.actor();
     let with_credential = body.credential;
+    let label = body
+        .credential_label
+        .unwrap_or_else(|| "initial".to_owned());
     let (device, token) = tri!(
         call(&state, move |f| {
             if with_credential {
-                let (d, c) = f.create_device_with_credential(&actor, new, "initial")?;
+                let (d, c) = f.create_device_with_credential(&actor, new, &label)?;
                 Ok((d, Some(c.token.into_string())))
             } else {
                 Ok((f.create_device(&actor, new)?, None))

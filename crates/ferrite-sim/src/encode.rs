@@ -269,7 +269,8 @@ fn json_string(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
-fn escape_lp(out: &mut String, s: &str, special: &[u8]) {
+/// Append `s` with a backslash before each of `special` (line protocol escaping).
+pub(crate) fn escape_lp(out: &mut String, s: &str, special: &[u8]) {
     for c in s.chars() {
         if c.is_ascii() && special.contains(&(c as u8)) {
             out.push('\\');

@@ -208,6 +208,11 @@ impl FleetStream {
         std::mem::take(&mut self.truth)
     }
 
+    /// When the next reading leaves (true Unix ns); `None` at the end of the stream.
+    pub fn next_send_time(&self) -> Option<i64> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
     /// Readings generated but not yet emitted, over all devices: the stream's memory.
     pub fn buffered(&self) -> usize {
         self.cursors.iter().map(|c| c.pending.len()).sum()

@@ -18,32 +18,49 @@
 //!   over `ferrite-mqtt-codec`, the codec the server uses) publishing at a target rate with
 //!   a window of unacknowledged QoS 1 publishes, measuring acks and publish→PUBACK latency
 //!   into a [`SimReport`]; with a scenario, faults act on the wire (disconnects, late and
-//!   repeated publishes).
+//!   repeated publishes). All devices connect at once at the start (the connect storm,
+//!   [`stats`]), or only that (`connect_only`).
+//! - [`provision`] — against a secured server: register the devices through the fleet REST
+//!   API and fetch a token per device, a bounded number of requests in flight ([`api`] is the
+//!   small HTTP client both this and the HTTP transport use).
+//! - [`http`](mod@http) — the HTTP transport: line-protocol batches to `/api/v2/write`
+//!   ([`Lines`] decides what is due, sans-IO).
+//! - [`stats`] — latency percentiles and the connect-storm figures.
 //!
-//! Not here: the command line (the `ferrite` binary parses flags and prints), and HTTP
-//! sending (callers batch [`DeviceSim::write_line_protocol`] output themselves).
+//! Not here: the command line (the `ferrite` binary parses flags and prints), and raising
+//! the open-file limit for large fleets (see [`live`]).
 
+pub mod api;
 pub mod client;
 pub mod encode;
 pub mod faults;
 pub mod file;
 pub mod fleet;
+pub mod http;
 pub mod live;
 pub mod models;
+pub mod provision;
 mod readings;
 pub mod scenario;
+pub mod stats;
 
 use std::net::SocketAddr;
 
 use client::ClientError;
 
+pub use api::ApiConfig;
 pub use encode::{CsvLayout, OutputFormat};
 pub use faults::{FaultCounts, FaultKind, TruthRecord};
 pub use file::{FileConfig, FileReport, FleetStream, generate_file, generate_to_path};
 pub use fleet::{Cadence, DeviceSim, Fleet, FleetConfig, Outgoing, Reading, Tick};
-pub use live::{LiveOptions, Progress, ReportConfig, SimConfig, SimReport, run, run_with};
+pub use http::{HttpReport, Lines};
+pub use live::{
+    LiveOptions, Phase, Progress, ReportConfig, SimConfig, SimReport, Transport, run, run_with,
+};
+pub use provision::ProvisionReport;
 pub use readings::{Readings, SharedField, grid_positions};
 pub use scenario::{BUILTIN_NAMES, Scenario, ScenarioError};
+pub use stats::{ConnectReport, ConnectStats, Latencies};
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +87,34 @@ pub enum SimError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The HTTP API refused a request.
+    #[error("{what}: the server answered {}: {message}", status_text(*.status))]
+    Api {
+        /// What was being done ("registering device d1").
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// The server's explanation (its `{"error": ...}`).
+        message: String,
+    },
+    /// The HTTP API could not be reached or did not answer.
+    #[error("{what}: cannot reach Ferrite's HTTP API at {url}: {source}")]
+    Unreachable {
+        /// What was being done.
+        what: String,
+        /// The API's base URL.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The run was stopped (Ctrl-C) before it could start.
+    #[error("stopped while {0}")]
+    Stopped(&'static str),
+}
+
+/// `401 Unauthorized`.
+fn status_text(status: u16) -> String {
+    reqwest::StatusCode::from_u16(status).map_or_else(|_| status.to_string(), |s| s.to_string())
 }
 
 impl ferrite_core::Classify for SimError {
@@ -79,6 +124,17 @@ impl ferrite_core::Classify for SimError {
             SimError::Scenario(e) => e.kind(),
             SimError::Config(_) => ferrite_core::ErrorKind::InvalidInput,
             SimError::Io { .. } => ferrite_core::ErrorKind::Internal,
+            SimError::Api { status, .. } => match status {
+                401 | 403 => ferrite_core::ErrorKind::Unauthorized,
+                404 => ferrite_core::ErrorKind::NotFound,
+                409 => ferrite_core::ErrorKind::Conflict,
+                400..=499 => ferrite_core::ErrorKind::InvalidInput,
+                503 => ferrite_core::ErrorKind::Unavailable,
+                _ => ferrite_core::ErrorKind::Internal,
+            },
+            SimError::Unreachable { .. } | SimError::Stopped(_) => {
+                ferrite_core::ErrorKind::Unavailable
+            }
         }
     }
 }

@@ -21,27 +21,48 @@
 //! Event times are the scheduled tick times (so a device that cannot keep up sends readings
 //! stamped in the past rather than skipping them); a device queues at most one window of
 //! readings beyond its in-flight publishes, and further ticks wait.
+//!
+//! Against a secured server ([`LiveOptions::api`] with a token) the run starts by registering
+//! its devices through the fleet REST API ([`crate::provision`]); each device then connects
+//! with user name = its id and password = its own token. All devices connect at once at the
+//! start, at most [`LiveOptions::connect_concurrency`] connections in progress at a time: the
+//! *connect storm*, measured from the first connection's start to the last CONNACK, with
+//! each connection's TCP connect → CONNACK latency and the refusals by reason code
+//! ([`crate::stats::ConnectStats`]). [`LiveOptions::connect_only`] stops there: every device
+//! connects, then all leave with DISCONNECT. [`Transport::Http`] sends no MQTT at all: the
+//! readings go as line protocol to the HTTP API ([`crate::http`]).
+//!
+//! The process needs a file descriptor per device (and the server one per connection): raise
+//! the open-file limit (`ulimit -n`) for large fleets. The simulator does not raise it itself:
+//! that takes `setrlimit`, which needs `unsafe` through `libc` (the workspace forbids unsafe
+//! code) and no safe wrapper crate is a dependency yet.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ferrite_mqtt_codec::{Properties, ProtocolVersion, QoS, Will};
 use rand::SeedableRng;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{Api, ApiConfig};
 use crate::client::{Client, ClientError, ConnectOptions};
 use crate::faults::{FaultCounts, TruthRecord};
-use crate::file::Held;
+use crate::file::{FleetStream, Held};
 use crate::fleet::{Cadence, DeviceSim, Fleet, FleetConfig, Outgoing, Tick};
+use crate::http::{HttpReport, Lines};
+use crate::provision::{ProvisionReport, SimDevice};
 use crate::scenario::Scenario;
+use crate::stats::{ConnectReport, ConnectStats, Latencies, ms};
 use crate::{Readings, SimError, grid_positions, models};
 
 /// What to simulate.
@@ -84,8 +105,48 @@ impl Default for SimConfig {
     }
 }
 
+/// How readings travel to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// One MQTT connection per device, QoS 1 publishes.
+    #[default]
+    Mqtt,
+    /// Line-protocol batches to the HTTP API's `/api/v2/write` ([`crate::http`]).
+    Http,
+}
+
+impl Transport {
+    /// The name used on the command line: `mqtt`, `http`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mqtt => "mqtt",
+            Transport::Http => "http",
+        }
+    }
+}
+
+impl FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "mqtt" => Ok(Transport::Mqtt),
+            "http" => Ok(Transport::Http),
+            other => Err(format!(
+                "unknown transport {other:?}: expected mqtt or http"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a live run adds to [`SimConfig`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LiveOptions {
     /// The scenario; `None` runs the classic load generator.
     pub scenario: Option<Scenario>,
@@ -93,65 +154,106 @@ pub struct LiveOptions {
     pub truth: Option<PathBuf>,
     /// Inject no faults (clean data).
     pub clean: bool,
+    /// The HTTP API. With a token, the devices are registered there first
+    /// ([`crate::provision`]) and connect with their own tokens; the HTTP transport writes
+    /// there.
+    pub api: ApiConfig,
+    /// How readings travel.
+    pub transport: Transport,
+    /// Most MQTT connections in progress at once (connect, then wait for CONNACK).
+    pub connect_concurrency: usize,
+    /// Connect every device, report the connect storm, disconnect; publish nothing.
+    pub connect_only: bool,
+    /// Registration requests in flight at once while provisioning.
+    pub provision_concurrency: usize,
+    /// HTTP transport: most lines per write request.
+    pub batch_lines: usize,
+    /// HTTP transport: write requests in flight at once.
+    pub http_requests: usize,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        Self {
+            scenario: None,
+            truth: None,
+            clean: false,
+            api: ApiConfig::default(),
+            transport: Transport::Mqtt,
+            connect_concurrency: 1000,
+            connect_only: false,
+            provision_concurrency: 32,
+            batch_lines: 5000,
+            http_requests: 4,
+        }
+    }
+}
+
+/// What a run is doing now ([`Progress::phase`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Registering devices through the API.
+    Provisioning,
+    /// Connecting and publishing (or writing over HTTP).
+    Running,
 }
 
 /// Live counters, readable while the simulation runs.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Publishes sent (live) or rows written (file).
+    /// Publishes (or, over HTTP, lines) sent (live) or rows written (file).
     pub sent: AtomicU64,
-    /// Publishes acknowledged with success.
+    /// Publishes (lines) acknowledged with success.
     pub acked: AtomicU64,
-    /// Publishes refused by the server (error reason code) and connection failures.
+    /// Publishes (lines) refused or lost, and connection failures.
     pub errors: AtomicU64,
     /// Devices connected now.
     pub connected: AtomicU64,
     /// Faults injected so far (live).
     pub faults: AtomicU64,
-    /// Largest publish→ack latency so far, microseconds.
-    max_latency_us: AtomicU64,
-    /// Publish→ack latencies in microseconds (capped sample).
-    latencies: Mutex<Vec<u32>>,
+    /// Devices registered (or given a fresh token) so far while provisioning.
+    pub provisioned: AtomicU64,
+    /// HTTP write requests acknowledged so far.
+    pub requests: AtomicU64,
+    /// The connect storm: every device's first connection.
+    pub connect: ConnectStats,
+    /// 0 running, 1 provisioning ([`Phase`]).
+    phase: AtomicU8,
+    /// Publish→ack latencies, or HTTP write request latencies.
+    pub(crate) latencies: Latencies,
     /// Per-measurement publishes and faults by kind, merged as devices finish.
     tally: Mutex<Tally>,
 }
 
-/// Most latency samples kept per run.
-const MAX_SAMPLES: usize = 2_000_000;
-
 impl Progress {
-    fn record_latency(&self, d: Duration) {
-        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.max_latency_us.fetch_max(us, Ordering::Relaxed);
-        let mut l = self
-            .latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if l.len() < MAX_SAMPLES {
-            l.push(u32::try_from(us).unwrap_or(u32::MAX));
-        }
-    }
-
-    /// (p50, p99) publish→ack latency so far.
+    /// (p50, p99) publish→ack (HTTP: request) latency so far.
     pub fn percentiles(&self) -> (Duration, Duration) {
-        let mut l = self
-            .latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if l.is_empty() {
-            return (Duration::ZERO, Duration::ZERO);
-        }
-        l.sort_unstable();
-        let at = |q: f64| {
-            Duration::from_micros(u64::from(l[((l.len() - 1) as f64 * q).round() as usize]))
-        };
-        (at(0.50), at(0.99))
+        self.latencies.percentiles()
     }
 
-    /// The largest publish→ack latency so far.
+    /// The largest publish→ack (HTTP: request) latency so far.
     pub fn max_latency(&self) -> Duration {
-        Duration::from_micros(self.max_latency_us.load(Ordering::Relaxed))
+        self.latencies.max()
+    }
+
+    /// What the run is doing now.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            1 => Phase::Provisioning,
+            _ => Phase::Running,
+        }
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        let v = match phase {
+            Phase::Provisioning => 1,
+            Phase::Running => 0,
+        };
+        self.phase.store(v, Ordering::Relaxed);
+    }
+
+    fn record_latency(&self, d: Duration) {
+        self.latencies.record(d);
     }
 
     fn merge(&self, t: &Tally) {
@@ -162,6 +264,13 @@ impl Progress {
         for (k, n) in &t.faults {
             *all.faults.entry(*k).or_default() += n;
         }
+    }
+
+    pub(crate) fn merge_measurements(&self, measurements: &BTreeMap<String, u64>) {
+        self.merge(&Tally {
+            measurements: measurements.clone(),
+            faults: FaultCounts::new(),
+        });
     }
 
     fn tally(&self) -> Tally {
@@ -182,8 +291,14 @@ struct Tally {
 /// The run's configuration, echoed in the report.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ReportConfig {
-    /// The MQTT server.
+    /// Where the readings went: the MQTT server, or the HTTP API with the HTTP transport.
     pub server: String,
+    /// How readings travelled: `mqtt` or `http`.
+    pub transport: Transport,
+    /// The HTTP API, if the run used it (provisioning or the HTTP transport).
+    pub api: Option<String>,
+    /// Whether devices were provisioned and connected with their own tokens.
+    pub authenticated: bool,
     /// Target publishes per second, `None` for as fast as possible.
     pub rate: Option<f64>,
     /// Configured duration, seconds.
@@ -198,6 +313,10 @@ pub struct ReportConfig {
     pub mqtt_version: String,
     /// Unacknowledged publishes per device.
     pub window: usize,
+    /// Most MQTT connections in progress at once.
+    pub connect_concurrency: usize,
+    /// Whether the run only connected and disconnected.
+    pub connect_only: bool,
     /// The scenario, if any.
     pub scenario: Option<String>,
     /// Whether faults were injected.
@@ -209,21 +328,21 @@ pub struct ReportConfig {
 pub struct SimReport {
     /// Devices simulated.
     pub devices: usize,
-    /// Publishes sent.
+    /// Publishes sent (HTTP transport: lines).
     pub sent: u64,
-    /// Publishes acknowledged with success.
+    /// Publishes acknowledged with success (HTTP transport: lines in batches answered 204).
     pub acked: u64,
-    /// Refusals and connection failures.
+    /// Refusals, lost publishes (lines) and connection failures.
     pub errors: u64,
-    /// Wall time of the run in seconds.
+    /// Wall time of the run in seconds, provisioning excluded.
     pub elapsed_s: f64,
-    /// Acknowledged publishes per second.
+    /// Acknowledged publishes (lines) per second.
     pub acked_per_s: f64,
-    /// Median publish→ack latency in milliseconds.
+    /// Median publish→ack latency (HTTP transport: write request latency) in milliseconds.
     pub p50_ms: f64,
-    /// 99th percentile publish→ack latency in milliseconds.
+    /// 99th percentile publish→ack (request) latency in milliseconds.
     pub p99_ms: f64,
-    /// Largest publish→ack latency in milliseconds.
+    /// Largest publish→ack (request) latency in milliseconds.
     pub max_ms: f64,
     /// Publishes sent per measurement (`telemetry` for the classic run).
     pub measurements: BTreeMap<String, u64>,
@@ -231,6 +350,12 @@ pub struct SimReport {
     pub faults: FaultCounts,
     /// Where the ground truth was written.
     pub truth: Option<PathBuf>,
+    /// Registering the devices, when the run was given an API token.
+    pub provisioning: Option<ProvisionReport>,
+    /// The connect storm (MQTT transport).
+    pub connect: Option<ConnectReport>,
+    /// The HTTP transport's requests.
+    pub http: Option<HttpReport>,
     /// The configuration of the run.
     pub config: ReportConfig,
 }
@@ -246,15 +371,55 @@ pub async fn run(
 }
 
 /// Run the simulation — a scenario if `options` names one — until its duration or count is
-/// reached or `cancel` fires.
+/// reached or `cancel` fires: provision the devices if `options.api` has a token, then
+/// connect them and publish (or only connect, or write over HTTP).
 pub async fn run_with(
     config: SimConfig,
     options: LiveOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> Result<SimReport, SimError> {
-    let start = Instant::now();
+    let devices = config.devices.max(1);
     let stop = cancel.child_token();
+    let uses_api = options.api.token.is_some() || options.transport == Transport::Http;
+    let api = if uses_api {
+        Some(Api::new(
+            &options.api,
+            options.provision_concurrency.max(options.http_requests),
+        )?)
+    } else {
+        None
+    };
+    let provisioned = match (&api, &options.api.token) {
+        (Some(api), Some(_)) => {
+            progress.set_phase(Phase::Provisioning);
+            let fleet_devices = sim_devices(&config, options.scenario.as_ref())?;
+            let device_type = options
+                .scenario
+                .as_ref()
+                .map_or_else(|| "sim".to_owned(), |s| s.name.clone());
+            let result = crate::provision::provision(
+                api,
+                fleet_devices,
+                &device_type,
+                options.transport == Transport::Mqtt,
+                options.provision_concurrency,
+                &progress,
+                &stop,
+            )
+            .await;
+            progress.set_phase(Phase::Running);
+            Some(result?)
+        }
+        _ => None,
+    };
+    let (tokens, provisioning) = match provisioned {
+        Some(p) => (Some(p.tokens), Some(p.report)),
+        None => (None, None),
+    };
+
+    // The run proper: its clock and its duration start after provisioning.
+    let start = Instant::now();
     if let Some(d) = config.duration {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -263,11 +428,30 @@ pub async fn run_with(
         });
     }
     let scenario_name = options.scenario.as_ref().map(|s| s.name.clone());
-    let faults = options.scenario.is_some() && !options.clean;
+    let faults = options.scenario.is_some() && !options.clean && !options.connect_only;
     let truth = options.truth.clone();
-    let outcome = match &options.scenario {
-        None => run_classic(&config, &progress, &stop).await,
-        Some(scenario) => run_scenario(&config, scenario, &options, &progress, &stop).await,
+    let connector = Arc::new(Connector {
+        server: config.server,
+        version: config.version,
+        tokens,
+        permits: Semaphore::new(options.connect_concurrency.max(1)),
+        progress: Arc::clone(&progress),
+    });
+    let mut http = None;
+    let outcome = match (options.transport, &api) {
+        (Transport::Http, Some(api)) => run_http(&config, &options, api.clone(), &progress, &stop)
+            .await
+            .map(|report| http = Some(report)),
+        _ if options.connect_only => {
+            run_connect_only(&config, &connector, &stop).await;
+            Ok(())
+        }
+        _ => match &options.scenario {
+            None => run_classic(&config, &connector, &progress, &stop).await,
+            Some(scenario) => {
+                run_scenario(&config, scenario, &options, &connector, &progress, &stop).await
+            }
+        },
     };
     stop.cancel();
     outcome?;
@@ -275,8 +459,10 @@ pub async fn run_with(
     let (p50, p99) = progress.percentiles();
     let acked = progress.acked.load(Ordering::Relaxed);
     let tally = progress.tally();
+    let connect = (options.transport == Transport::Mqtt)
+        .then(|| progress.connect.report(options.connect_concurrency.max(1)));
     Ok(SimReport {
-        devices: config.devices.max(1),
+        devices,
         sent: progress.sent.load(Ordering::Relaxed),
         acked,
         errors: progress.errors.load(Ordering::Relaxed),
@@ -286,14 +472,23 @@ pub async fn run_with(
         } else {
             0.0
         },
-        p50_ms: p50.as_secs_f64() * 1e3,
-        p99_ms: p99.as_secs_f64() * 1e3,
-        max_ms: progress.max_latency().as_secs_f64() * 1e3,
+        p50_ms: ms(p50),
+        p99_ms: ms(p99),
+        max_ms: ms(progress.max_latency()),
         measurements: tally.measurements,
         faults: tally.faults,
         truth,
+        provisioning,
+        connect,
+        http,
         config: ReportConfig {
-            server: config.server.to_string(),
+            server: match options.transport {
+                Transport::Mqtt => config.server.to_string(),
+                Transport::Http => options.api.addr.clone(),
+            },
+            transport: options.transport,
+            api: uses_api.then(|| options.api.addr.clone()),
+            authenticated: options.api.token.is_some(),
             rate: config.rate,
             duration_s: config.duration.map(|d| d.as_secs_f64()),
             count: config.count,
@@ -305,10 +500,217 @@ pub async fn run_with(
             }
             .to_owned(),
             window: config.window,
+            connect_concurrency: options.connect_concurrency.max(1),
+            connect_only: options.connect_only,
             scenario: scenario_name,
             faults,
         },
     })
+}
+
+/// The run's devices as the registry is told about them: ids `{prefix}{index}`, and with a
+/// scenario its tags (the id tag aside).
+fn sim_devices(
+    config: &SimConfig,
+    scenario: Option<&Scenario>,
+) -> Result<Vec<SimDevice>, SimError> {
+    let devices = config.devices.max(1);
+    let Some(scenario) = scenario else {
+        return Ok((0..devices)
+            .map(|i| SimDevice {
+                id: format!("{}{i}", config.prefix),
+                tags: BTreeMap::new(),
+            })
+            .collect());
+    };
+    // The tags do not depend on time or cadence: a fleet built for them alone gives the
+    // same devices as the run's.
+    let fleet = Fleet::new(
+        scenario,
+        FleetConfig {
+            devices,
+            seed: config.seed,
+            prefix: Some(config.prefix.clone()),
+            start_ns: now_ns(),
+            end_ns: None,
+            cadence: Cadence::Manual,
+            faults: false,
+        },
+    )?;
+    let id_tag = scenario.devices.id_tag.as_str();
+    Ok((0..devices)
+        .map(|i| {
+            let sim = fleet.device(i);
+            SimDevice {
+                id: sim.id().to_owned(),
+                tags: sim
+                    .tags()
+                    .filter(|(k, _)| *k != id_tag)
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+/// How devices connect: their credentials, the bound on connections in progress, and the
+/// connect-storm figures. Shared by every device task.
+struct Connector {
+    server: SocketAddr,
+    version: ProtocolVersion,
+    /// Device tokens by device index (provisioned); `None`: connect anonymously.
+    tokens: Option<Vec<Option<String>>>,
+    /// One permit per connection in progress (TCP connect → CONNACK); waiting devices queue
+    /// in order.
+    permits: Semaphore,
+    progress: Arc<Progress>,
+}
+
+impl Connector {
+    /// Options for device `index` (id `id`): its token if it has one.
+    fn options(&self, index: usize, id: &str) -> ConnectOptions {
+        let mut options = ConnectOptions::new(id, self.version);
+        if let Some(Some(token)) = self.tokens.as_ref().and_then(|t| t.get(index)) {
+            options.username = Some(id.to_owned());
+            options.password = Some(token.clone().into_bytes());
+        }
+        options
+    }
+
+    /// Connect with `options`; a device's `first` connection counts in the connect storm.
+    async fn connect(&self, options: ConnectOptions, first: bool) -> Result<Client, ClientError> {
+        // The semaphore is never closed; without a permit, connect anyway.
+        let _permit = self.permits.acquire().await.ok();
+        let started = std::time::Instant::now();
+        let result = Client::connect_with(self.server, options).await;
+        if first {
+            let ended = std::time::Instant::now();
+            self.progress
+                .connect
+                .record(started, ended, result.as_ref().map(|_| ()));
+        }
+        result
+    }
+}
+
+/// Connect every device at once (bounded by the connector), hold every connection until the
+/// last attempt is over, then leave with DISCONNECT. Refusals and failures are counted, not
+/// errors of the run: the report is the point, even when nothing connected.
+async fn run_connect_only(
+    config: &SimConfig,
+    connector: &Arc<Connector>,
+    stop: &CancellationToken,
+) {
+    let progress = &connector.progress;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..config.devices.max(1) {
+        let connector = Arc::clone(connector);
+        let id = format!("{}{i}", config.prefix);
+        tasks.spawn(async move { connector.connect(connector.options(i, &id), true).await });
+    }
+    let mut clients = Vec::new();
+    let mut aborted = false;
+    loop {
+        let joined = tokio::select! {
+            () = stop.cancelled(), if !aborted => {
+                // Stopped during the storm: give up the connections still being made.
+                aborted = true;
+                tasks.abort_all();
+                continue;
+            }
+            joined = tasks.join_next() => joined,
+        };
+        match joined {
+            None => break,
+            Some(Ok(Ok(client))) => {
+                progress.connected.fetch_add(1, Ordering::Relaxed);
+                clients.push(client);
+            }
+            Some(Ok(Err(e))) => {
+                progress.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "a device could not connect");
+            }
+            Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Some(Err(_)) => {}
+        }
+    }
+    let mut leaving = tokio::task::JoinSet::new();
+    for client in clients {
+        let progress = Arc::clone(progress);
+        leaving.spawn(async move {
+            let _ = client.disconnect().await;
+            progress.connected.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    while leaving.join_next().await.is_some() {}
+}
+
+/// Write the run's readings over HTTP ([`crate::http`]).
+async fn run_http(
+    config: &SimConfig,
+    options: &LiveOptions,
+    api: Api,
+    progress: &Arc<Progress>,
+    stop: &CancellationToken,
+) -> Result<HttpReport, SimError> {
+    let unix0 = now_ns();
+    let instant0 = Instant::now();
+    let now = move || {
+        unix0.saturating_add(i64::try_from(instant0.elapsed().as_nanos()).unwrap_or(i64::MAX))
+    };
+    let rate = config.rate.filter(|r| *r > 0.0);
+    let lines = match &options.scenario {
+        None => Lines::classic(
+            (0..config.devices.max(1))
+                .map(|i| format!("{}{i}", config.prefix))
+                .collect(),
+            config.seed,
+            rate,
+            unix0,
+        ),
+        Some(scenario) => Lines::scenario(FleetStream::new(Fleet::new(
+            scenario,
+            FleetConfig {
+                devices: config.devices.max(1),
+                seed: config.seed,
+                prefix: Some(config.prefix.clone()),
+                start_ns: unix0,
+                end_ns: None,
+                cadence: rate.map_or(Cadence::Manual, Cadence::Rate),
+                faults: !options.clean,
+            },
+        )?)),
+    };
+    let mut truth = match &options.truth {
+        None => None,
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|source| SimError::Io {
+                what: path.display().to_string(),
+                source,
+            })?,
+        )),
+    };
+    let run = crate::http::HttpRun {
+        api,
+        batch_lines: options.batch_lines,
+        in_flight: options.http_requests,
+        count: config.count,
+        progress,
+        stop,
+        truth: truth.as_mut(),
+    };
+    let (report, faults) = crate::http::run(run, lines, now).await?;
+    progress.merge(&Tally {
+        measurements: BTreeMap::new(),
+        faults,
+    });
+    if let (Some(file), Some(path)) = (truth.as_mut(), &options.truth) {
+        file.flush().map_err(|source| SimError::Io {
+            what: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(report)
 }
 
 /// Wait for every device task; fail only if no device could connect at all.
@@ -335,6 +737,7 @@ async fn join_devices(
 
 async fn run_classic(
     config: &SimConfig,
+    connector: &Arc<Connector>,
     progress: &Arc<Progress>,
     stop: &CancellationToken,
 ) -> Result<(), SimError> {
@@ -371,6 +774,7 @@ async fn run_classic(
     for (i, position) in positions.iter().enumerate() {
         let cfg = config.clone();
         let progress = Arc::clone(progress);
+        let connector = Arc::clone(connector);
         let stop = stop.clone();
         let budget = budget.clone();
         let mut readings = Readings::new(config.seed, i as u64);
@@ -379,8 +783,11 @@ async fn run_classic(
         }
         tasks.spawn(async move {
             let device = format!("{}{i}", cfg.prefix);
+            let options = connector.options(i, &device);
             classic_device(
                 &cfg,
+                &connector,
+                options,
                 device,
                 readings,
                 per_device_interval,
@@ -394,8 +801,11 @@ async fn run_classic(
     join_devices(tasks, config.server).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn classic_device(
     cfg: &SimConfig,
+    connector: &Connector,
+    options: ConnectOptions,
     device: String,
     mut readings: Readings,
     interval: Option<Duration>,
@@ -403,7 +813,7 @@ async fn classic_device(
     stop: CancellationToken,
     budget: Option<Arc<AtomicU64>>,
 ) -> Result<(), ClientError> {
-    let mut client = match Client::connect(cfg.server, &device, cfg.version).await {
+    let mut client = match connector.connect(options, true).await {
         Ok(c) => c,
         Err(e) => {
             progress.errors.fetch_add(1, Ordering::Relaxed);
@@ -512,6 +922,8 @@ fn now_ns() -> i64 {
 struct Shared {
     config: SimConfig,
     fleet: Fleet,
+    /// Credentials, connect bound and storm figures.
+    connector: Arc<Connector>,
     progress: Arc<Progress>,
     budget: Option<AtomicU64>,
     /// Devices connect with a will and announce their status.
@@ -540,8 +952,8 @@ impl Shared {
         format!("devices/{id}/status")
     }
 
-    fn connect_options(&self, id: &str) -> ConnectOptions {
-        let mut options = ConnectOptions::new(id, self.config.version);
+    fn connect_options(&self, index: usize, id: &str) -> ConnectOptions {
+        let mut options = self.connector.options(index, id);
         if self.will {
             options.will = Some(Will {
                 topic: Self::status_topic(id),
@@ -598,6 +1010,7 @@ async fn run_scenario(
     config: &SimConfig,
     scenario: &Scenario,
     options: &LiveOptions,
+    connector: &Arc<Connector>,
     progress: &Arc<Progress>,
     stop: &CancellationToken,
 ) -> Result<(), SimError> {
@@ -631,6 +1044,7 @@ async fn run_scenario(
     let shared = Arc::new(Shared {
         config: config.clone(),
         fleet,
+        connector: Arc::clone(connector),
         progress: Arc::clone(progress),
         budget: config.count.map(AtomicU64::new),
         will: faults && scenario.faults.offline.is_some_and(|o| o.will),
@@ -668,14 +1082,17 @@ async fn scenario_device(
     let progress = Arc::clone(&shared.progress);
     let mut sim = shared.fleet.device(index);
     let id = sim.id().to_owned();
-    let mut client =
-        match Client::connect_with(shared.config.server, shared.connect_options(&id)).await {
-            Ok(c) => c,
-            Err(e) => {
-                progress.errors.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
-            }
-        };
+    let mut client = match shared
+        .connector
+        .connect(shared.connect_options(index, &id), true)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            progress.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
     progress.connected.fetch_add(1, Ordering::Relaxed);
     shared.announce(&mut client, &id, true).await;
     let mut device = LiveDevice {
@@ -703,7 +1120,7 @@ async fn scenario_device(
         shared.record_truth(&device.truth, &mut device.tally);
         device.truth.clear();
         if let Some((until_ns, abrupt)) = offline {
-            match go_offline(&shared, client, &id, until_ns, abrupt, &stop).await {
+            match go_offline(&shared, client, index, &id, until_ns, abrupt, &stop).await {
                 Some(c) => {
                     client = c;
                     continue;
@@ -879,6 +1296,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 async fn go_offline(
     shared: &Shared,
     mut client: Client,
+    index: usize,
     id: &str,
     until_ns: i64,
     abrupt: bool,
@@ -898,7 +1316,11 @@ async fn go_offline(
         () = tokio::time::sleep_until(shared.instant_of(until_ns)) => {}
     }
     loop {
-        match Client::connect_with(shared.config.server, shared.connect_options(id)).await {
+        match shared
+            .connector
+            .connect(shared.connect_options(index, id), false)
+            .await
+        {
             Ok(mut c) => {
                 progress.connected.fetch_add(1, Ordering::Relaxed);
                 shared.announce(&mut c, id, true).await;

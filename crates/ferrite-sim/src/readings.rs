@@ -3,6 +3,7 @@
 //! alike, C(d) = σ²·exp(−d/r)) + ARMA(1,1) sensor noise; humidity moving against the
 //! temperature with its own AR(1) noise; and a battery that drains slowly.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rand::rngs::StdRng;
@@ -55,6 +56,27 @@ impl Readings {
     /// The next reading as a flat JSON object stamped `ts_us` (microseconds since the epoch,
     /// which Ferrite tells from seconds, milliseconds and nanoseconds by magnitude).
     pub fn next_json(&mut self, ts_us: i64) -> String {
+        let (temperature, humidity, battery) = self.next_values(ts_us);
+        format!(
+            r#"{{"ts":{ts_us},"temperature":{temperature:.2},"humidity":{humidity:.1},"battery":{battery:.3}}}"#
+        )
+    }
+
+    /// Append the next reading as one line of line protocol (with the newline), table
+    /// `telemetry` tagged `device_id`, stamped `ts_ns`: what the MQTT run stores, over HTTP.
+    pub fn write_line_protocol(&mut self, device_id: &str, ts_ns: i64, out: &mut String) {
+        let (temperature, humidity, battery) = self.next_values(ts_ns.div_euclid(1000));
+        out.push_str(ferrite_core::DEFAULT_MEASUREMENT);
+        out.push_str(",device_id=");
+        crate::encode::escape_lp(out, device_id, b",= ");
+        let _ = writeln!(
+            out,
+            " temperature={temperature:.2},humidity={humidity:.1},battery={battery:.3} {ts_ns}"
+        );
+    }
+
+    /// (temperature, humidity, battery) at `ts_us`.
+    fn next_values(&mut self, ts_us: i64) -> (f64, f64, f64) {
         let day = (ts_us as f64 / 86_400_000_000.0) * std::f64::consts::TAU + self.phase;
         let spatial = self.field.as_ref().map_or(0.0, |(f, (x, y))| {
             f.read()
@@ -73,10 +95,7 @@ impl Readings {
         let humidity =
             (self.base_humidity - 2.0 * (temperature - self.base_temp) + h_noise).clamp(0.0, 100.0);
         self.battery = (self.battery - 0.001).max(0.0);
-        format!(
-            r#"{{"ts":{ts_us},"temperature":{temperature:.2},"humidity":{humidity:.1},"battery":{:.3}}}"#,
-            self.battery
-        )
+        (temperature, humidity, self.battery)
     }
 }
 
@@ -113,6 +132,36 @@ mod tests {
             Readings::new(7, 4).next_json(0),
             Readings::new(7, 3).next_json(0)
         );
+    }
+
+    #[test]
+    fn line_protocol_carries_the_same_reading_as_json() {
+        let (mut a, mut b) = (Readings::new(7, 3), Readings::new(7, 3));
+        let ts_ns = 1_700_000_000_123_456_789;
+        let json = a.next_json(ts_ns / 1000);
+        let mut lp = String::new();
+        b.write_line_protocol("sim-3", ts_ns, &mut lp);
+        assert!(
+            lp.starts_with("telemetry,device_id=sim-3 temperature="),
+            "{lp}"
+        );
+        assert!(lp.ends_with(" 1700000000123456789\n"), "{lp}");
+        let points = ferrite_core::decode::decode_line_protocol(
+            &lp,
+            ferrite_core::decode::Precision::Nanoseconds,
+            ferrite_core::Timestamp::from_nanos(0),
+            &[],
+        )
+        .expect("valid line protocol");
+        let p = &points[0];
+        assert_eq!(p.time.as_nanos(), ts_ns);
+        for key in ["temperature", "humidity", "battery"] {
+            assert_eq!(
+                p.fields[key],
+                ferrite_core::Value::F64(field_of(&json, key)),
+                "{key}"
+            );
+        }
     }
 
     #[test]

@@ -49,6 +49,12 @@ enum Event {
 struct Seen {
     events: Mutex<Vec<Event>>,
     changed: tokio::sync::Notify,
+    /// Client ids the broker refuses (CONNACK 0x87), and how long it takes to answer a
+    /// CONNECT.
+    refuse: Vec<String>,
+    connack_delay: Duration,
+    /// CONNECTs received and not yet answered: now, and the most at once.
+    connecting: Mutex<(usize, usize)>,
 }
 
 impl Seen {
@@ -87,9 +93,13 @@ impl Seen {
 type Log = Arc<Seen>;
 
 async fn broker() -> (SocketAddr, Log) {
+    broker_with(Seen::default()).await
+}
+
+async fn broker_with(seen: Seen) -> (SocketAddr, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let log: Log = Arc::default();
+    let log: Log = Arc::new(seen);
     let accept_log = Arc::clone(&log);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -124,6 +134,27 @@ async fn serve(mut stream: TcpStream, log: Log) {
             Ok(Some(Packet::Connect(c))) => {
                 client.clone_from(&c.client_id);
                 version = c.protocol;
+                {
+                    let mut connecting = log.connecting.lock().unwrap();
+                    connecting.0 += 1;
+                    connecting.1 = connecting.1.max(connecting.0);
+                }
+                if !log.connack_delay.is_zero() {
+                    // A slow server: the answer takes this long.
+                    tokio::time::sleep(log.connack_delay).await;
+                }
+                log.connecting.lock().unwrap().0 -= 1;
+                if log.refuse.contains(&c.client_id) {
+                    let refusal = Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason_code: ReasonCode::NOT_AUTHORIZED,
+                        properties: Properties::default(),
+                    });
+                    out.clear();
+                    refusal.encode(version, &mut out).unwrap();
+                    let _ = stream.write_all(&out).await;
+                    return;
+                }
                 push(Event::Connected {
                     client: c.client_id,
                     will: c.will.is_some(),
@@ -274,6 +305,7 @@ async fn scenario_faults_act_on_the_wire_as_the_ground_truth_says() {
         scenario: Some(scenario),
         truth: Some(truth_path.clone()),
         clean: false,
+        ..LiveOptions::default()
     };
     let progress = Arc::new(Progress::default());
     let report = bounded(run_with(
@@ -436,6 +468,7 @@ async fn a_scenario_at_maximum_rate_and_without_faults_publishes_its_count() {
         scenario: Some(Scenario::builtin("fleet_trucks").unwrap()),
         truth: None,
         clean: true,
+        ..LiveOptions::default()
     };
     let report = bounded(run_with(
         config,
@@ -500,4 +533,106 @@ async fn no_server_is_a_connect_error() {
         matches!(err, ferrite_sim::SimError::Connect { .. }),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn connect_only_holds_every_connection_then_leaves_and_reports_the_storm() {
+    let (addr, log) = broker_with(Seen {
+        refuse: vec!["c1".to_owned()],
+        connack_delay: Duration::from_millis(20),
+        ..Seen::default()
+    })
+    .await;
+    let config = SimConfig {
+        server: addr,
+        devices: 6,
+        prefix: "c".into(),
+        ..SimConfig::default()
+    };
+    let options = LiveOptions {
+        connect_only: true,
+        connect_concurrency: 2,
+        ..LiveOptions::default()
+    };
+    let progress = Arc::new(Progress::default());
+    let report = bounded(run_with(
+        config,
+        options,
+        Arc::clone(&progress),
+        CancellationToken::new(),
+    ))
+    .await;
+    log.all_closed().await;
+    let storm = report.connect.clone().expect("connect figures");
+    assert_eq!((storm.attempted, storm.connected), (6, 5));
+    assert_eq!(
+        storm.refused,
+        BTreeMap::from([("Not authorized (0x87)".to_owned(), 1)])
+    );
+    assert!(storm.failed.is_empty(), "{storm:?}");
+    assert_eq!(storm.concurrency, 2);
+    // Three rounds of two CONNACKs 20 ms each: the storm lasts at least 60 ms, and every
+    // connection at least 20 ms.
+    assert!(storm.storm_s >= 0.060, "{storm:?}");
+    assert!(storm.p50_ms >= 20.0 && storm.p99_ms >= storm.p50_ms && storm.max_ms >= storm.p99_ms);
+    assert_eq!(
+        log.connecting.lock().unwrap().1,
+        2,
+        "at most --connect-concurrency connections in progress"
+    );
+    assert_eq!((report.sent, report.acked, report.errors), (0, 0, 1));
+    assert!(report.config.connect_only);
+    assert_eq!(
+        progress
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+
+    // Every accepted device was connected at once — all connects before the first close —
+    // and each left with DISCONNECT; nothing was published.
+    let events = log.lock().clone();
+    let first_close = events
+        .iter()
+        .position(|e| matches!(e, Event::Closed { .. }))
+        .unwrap();
+    let connects: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, Event::Connected { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(connects.len(), 5);
+    assert!(connects.iter().all(|i| *i < first_close), "{events:?}");
+    assert!(events.iter().all(|e| !matches!(e, Event::Published { .. })));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Closed { clean: true, .. }))
+            .count(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn a_publishing_run_reports_its_connect_storm_too() {
+    let (addr, _log) = broker().await;
+    let config = SimConfig {
+        server: addr,
+        devices: 3,
+        count: Some(30),
+        rate: Some(3000.0),
+        ..SimConfig::default()
+    };
+    let report = bounded(run(
+        config,
+        Arc::new(Progress::default()),
+        CancellationToken::new(),
+    ))
+    .await;
+    let storm = report.connect.expect("connect figures");
+    assert_eq!((storm.attempted, storm.connected), (3, 3));
+    assert!(storm.refused.is_empty() && storm.failed.is_empty());
+    assert!(report.provisioning.is_none() && report.http.is_none());
+    assert!(!report.config.authenticated);
 }

@@ -19,8 +19,8 @@ use ferrite_mqtt_codec::ProtocolVersion;
 use ferrite_server::config::{self, ConfigSources, DEFAULT_TOML};
 use ferrite_server::{Config, Server};
 use ferrite_sim::{
-    BUILTIN_NAMES, Cadence, FileConfig, LiveOptions, OutputFormat, Progress, Scenario, SimConfig,
-    SimError, generate_file, generate_to_path,
+    ApiConfig, BUILTIN_NAMES, Cadence, FileConfig, LiveOptions, OutputFormat, Phase, Progress,
+    Scenario, SimConfig, SimError, SimReport, Transport, generate_file, generate_to_path,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -48,8 +48,21 @@ struct Cli {
 enum Command {
     /// Run Ferrite: MQTT gateway, telemetry store and HTTP SQL API.
     Serve(Overrides),
-    /// Simulate a fleet of devices: publish telemetry to a running Ferrite over MQTT, or
-    /// write a dataset with ground truth (`--out`).
+    /// Simulate a fleet of devices: publish telemetry to a running Ferrite over MQTT (or HTTP
+    /// with `--transport http`) — registering the devices through its API first when given
+    /// an API token (`--token`, FERRITE_TOKEN) — or write a dataset with ground truth
+    /// (`--out`).
+    ///
+    /// Live mode against a secured server: with an API token (`--token`, or FERRITE_TOKEN as
+    /// for `ferrite device`) it first registers its devices through the fleet API at `--http`
+    /// (a device that exists gets a fresh token), then every device connects with user name =
+    /// its id and password = its own token. All devices connect at once (at most
+    /// `--connect-concurrency` in progress) and the report gives the connect storm: first
+    /// CONNECT to last CONNACK, connect latency p50/p99, refusals by reason code;
+    /// `--connect-only` stops there. Without a token devices connect anonymously (`ferrite
+    /// serve --anonymous loopback`). `--transport http` sends line-protocol batches to
+    /// /api/v2/write instead of MQTT. The JSON report goes to standard output, progress to
+    /// standard error.
     Simulate(Box<SimulateArgs>),
     /// Run SQL against a running Ferrite and print the answer.
     Query(QueryArgs),
@@ -169,6 +182,47 @@ struct SimulateArgs {
         conflicts_with = "out"
     )]
     mqtt: SocketAddr,
+    /// HTTP API of the running server: where devices are registered (with --token) and where
+    /// `--transport http` writes (live mode).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR",
+        conflicts_with = "out"
+    )]
+    http: String,
+    /// API token, operator role or more (the admin token `ferrite serve` printed, or one from
+    /// `ferrite token create`). With it, live mode registers its devices through the API
+    /// before connecting them, each with its own token.
+    #[arg(
+        long,
+        env = "FERRITE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// How readings travel: `mqtt` (a connection per device, QoS 1) or `http` (line-protocol
+    /// batches to /api/v2/write with the API token; no MQTT connections) (live mode).
+    #[arg(
+        long,
+        default_value = "mqtt",
+        value_name = "mqtt|http",
+        conflicts_with = "out"
+    )]
+    transport: Transport,
+    /// Most MQTT connections in progress at once while the devices connect (live mode).
+    #[arg(long, default_value_t = 1000, value_name = "N", conflicts_with = "out")]
+    connect_concurrency: usize,
+    /// Connect every device (registering them first with --token), report the connect
+    /// storm, disconnect cleanly and exit; publish nothing (live mode).
+    #[arg(long, conflicts_with_all = ["out", "count", "duration", "transport"])]
+    connect_only: bool,
+    /// Most lines per write request (`--transport http`).
+    #[arg(long, default_value_t = 5000, value_name = "N", conflicts_with = "out")]
+    batch_lines: usize,
+    /// Write requests in flight at once (`--transport http`).
+    #[arg(long, default_value_t = 4, value_name = "N", conflicts_with = "out")]
+    http_requests: usize,
     /// Number of devices (live: one MQTT connection each).
     #[arg(long, short = 'n', default_value_t = 10)]
     devices: usize,
@@ -200,7 +254,7 @@ struct SimulateArgs {
     /// MQTT version the devices speak (live mode).
     #[arg(long, default_value = "5", value_parser = ["5", "3.1.1"], conflicts_with = "out")]
     mqtt_version: String,
-    /// Unacknowledged publishes per device before it waits (live mode).
+    /// Unacknowledged publishes per device before it waits (live MQTT mode).
     #[arg(long, default_value_t = 32, conflicts_with = "out")]
     window: usize,
     /// Inject none of the scenario's faults (clean data).
@@ -440,7 +494,7 @@ async fn serve(config: Config) -> ExitCode {
     );
     let _ = writeln!(
         banner,
-        "  ferrite simulate --mqtt {mqtt} --devices 10 --rate 100 --duration 30s"
+        "  ferrite simulate --mqtt {mqtt} --http {http} --devices 10 --rate 100 --duration 30s"
     );
     let _ = writeln!(banner, "Stop with Ctrl-C.");
     out(&banner);
@@ -561,16 +615,21 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
             cancel.cancel();
         });
     }
-    let file_mode = args.out.is_some();
+    let kind = match (&args.out, args.transport) {
+        (Some(_), _) => LineKind::File,
+        (None, Transport::Mqtt) => LineKind::Mqtt,
+        (None, Transport::Http) => LineKind::Http,
+    };
+    let devices = args.devices.max(1);
     let reporter = {
         let progress = Arc::clone(&progress);
         tokio::spawn(async move {
-            let mut last = 0u64;
+            let mut last = Last::default();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
             loop {
                 tick.tick().await;
-                eprintln!("{}", progress_line(&progress, &mut last, file_mode));
+                eprintln!("{}", progress_line(&progress, &mut last, kind, devices));
             }
         })
     };
@@ -585,29 +644,148 @@ async fn simulate(args: SimulateArgs) -> ExitCode {
     code
 }
 
+/// Which progress line to print.
+#[derive(Clone, Copy)]
+enum LineKind {
+    File,
+    Mqtt,
+    Http,
+}
+
+/// The counters at the previous progress line, for rates.
+#[derive(Default)]
+struct Last {
+    provisioned: u64,
+    done: u64,
+}
+
 /// One line of progress per second on standard error.
-fn progress_line(progress: &Progress, last: &mut u64, file_mode: bool) -> String {
-    if file_mode {
+fn progress_line(progress: &Progress, last: &mut Last, kind: LineKind, devices: usize) -> String {
+    if let LineKind::File = kind {
         let rows = progress.sent.load(Ordering::Relaxed);
-        let line = format!("rows {rows:>12}  rate {:>10}/s", rows - *last);
-        *last = rows;
+        let line = format!(
+            "rows {rows:>12}  rate {:>10}/s",
+            rows.saturating_sub(last.done)
+        );
+        last.done = rows;
+        return line;
+    }
+    if progress.phase() == Phase::Provisioning {
+        let n = progress.provisioned.load(Ordering::Relaxed);
+        let line = format!(
+            "provisioning {n:>7}/{devices} devices  rate {:>6}/s",
+            n.saturating_sub(last.provisioned)
+        );
+        last.provisioned = n;
         return line;
     }
     let acked = progress.acked.load(Ordering::Relaxed);
     let (p50, p99) = progress.percentiles();
-    let line = format!(
-        "devices {:>6}  sent {:>9}  acked {:>9}  errors {:>6}  faults {:>6}  rate {:>8}/s  ack p50 {:>7.2}ms  p99 {:>7.2}ms",
-        progress.connected.load(Ordering::Relaxed),
-        progress.sent.load(Ordering::Relaxed),
-        acked,
-        progress.errors.load(Ordering::Relaxed),
-        progress.faults.load(Ordering::Relaxed),
-        acked - *last,
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
-    );
-    *last = acked;
+    let line = match kind {
+        LineKind::Http => format!(
+            "lines sent {:>10}  acked {:>10}  errors {:>6}  faults {:>6}  requests {:>7}  rate {:>8}/s  request p50 {:>7.2}ms  p99 {:>7.2}ms",
+            progress.sent.load(Ordering::Relaxed),
+            acked,
+            progress.errors.load(Ordering::Relaxed),
+            progress.faults.load(Ordering::Relaxed),
+            progress.requests.load(Ordering::Relaxed),
+            acked.saturating_sub(last.done),
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+        ),
+        _ => format!(
+            "devices {:>6}  sent {:>9}  acked {:>9}  errors {:>6}  faults {:>6}  rate {:>8}/s  ack p50 {:>7.2}ms  p99 {:>7.2}ms",
+            progress.connected.load(Ordering::Relaxed),
+            progress.sent.load(Ordering::Relaxed),
+            acked,
+            progress.errors.load(Ordering::Relaxed),
+            progress.faults.load(Ordering::Relaxed),
+            acked.saturating_sub(last.done),
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+        ),
+    };
+    last.done = acked;
     line
+}
+
+/// The end-of-run summary of a live run (standard error), one line per part.
+fn live_summary(report: &SimReport) -> String {
+    let mut s = String::new();
+    if let Some(p) = &report.provisioning {
+        let _ = writeln!(
+            s,
+            "provisioned {} devices through http://{} in {:.2}s ({:.0}/s; {} new, {} existing; {} requests in flight)",
+            p.devices,
+            report.config.api.as_deref().unwrap_or_default(),
+            p.elapsed_s,
+            p.per_s,
+            p.created,
+            p.existing,
+            p.concurrency,
+        );
+    }
+    if let Some(c) = &report.connect {
+        let _ = write!(
+            s,
+            "connect storm: {}/{} devices connected in {:.3}s (first CONNECT to last CONNACK, at most {} in progress); connect p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms",
+            c.connected, c.attempted, c.storm_s, c.concurrency, c.p50_ms, c.p99_ms, c.max_ms,
+        );
+        for (what, map) in [("refused", &c.refused), ("failed", &c.failed)] {
+            if !map.is_empty() {
+                let list: Vec<String> = map.iter().map(|(k, n)| format!("{n} × {k}")).collect();
+                let _ = write!(s, "; {what}: {}", list.join(", "));
+            }
+        }
+        s.push('\n');
+        if c.failed.keys().any(|k| k.contains("os error 24")) {
+            s.push_str(
+                "hint: the simulator ran out of file descriptors; raise the limit (ulimit -n) for this many devices\n",
+            );
+        }
+    }
+    if report.config.connect_only {
+        return s;
+    }
+    let faults: u64 = report.faults.values().sum();
+    match &report.http {
+        Some(h) => {
+            let _ = writeln!(
+                s,
+                "achieved {:.1} acknowledged lines/s over {:.1}s ({} sent, {} acked, {} errors, {} faults injected; {} requests, {} failed; request p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms)",
+                report.acked_per_s,
+                report.elapsed_s,
+                report.sent,
+                report.acked,
+                report.errors,
+                faults,
+                h.requests,
+                h.failed_requests,
+                report.p50_ms,
+                report.p99_ms,
+                report.max_ms,
+            );
+            if let Some(e) = &h.first_error {
+                let _ = writeln!(s, "first failed write: {e}");
+            }
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "achieved {:.1} acknowledged publishes/s over {:.1}s ({} sent, {} acked, {} errors, {} faults injected; ack p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms)",
+                report.acked_per_s,
+                report.elapsed_s,
+                report.sent,
+                report.acked,
+                report.errors,
+                faults,
+                report.p50_ms,
+                report.p99_ms,
+                report.max_ms,
+            );
+        }
+    }
+    s
 }
 
 /// Print a simulator error; the caller's input (an unknown or invalid scenario, an empty
@@ -671,24 +849,22 @@ async fn simulate_live(
         scenario,
         truth: args.truth,
         clean: args.no_faults,
+        api: ApiConfig {
+            addr: args.http,
+            token: args.token.filter(|t| !t.trim().is_empty()),
+        },
+        transport: args.transport,
+        connect_concurrency: args.connect_concurrency,
+        connect_only: args.connect_only,
+        batch_lines: args.batch_lines,
+        http_requests: args.http_requests,
+        ..LiveOptions::default()
     };
     let report = match ferrite_sim::run_with(config, options, progress, cancel).await {
         Ok(r) => r,
         Err(e) => return sim_failure(&e),
     };
-    let faults: u64 = report.faults.values().sum();
-    eprintln!(
-        "achieved {:.1} acknowledged publishes/s over {:.1}s ({} sent, {} acked, {} errors, {} faults injected; ack p50 {:.2}ms, p99 {:.2}ms, max {:.2}ms)",
-        report.acked_per_s,
-        report.elapsed_s,
-        report.sent,
-        report.acked,
-        report.errors,
-        faults,
-        report.p50_ms,
-        report.p99_ms,
-        report.max_ms,
-    );
+    eprint!("{}", live_summary(&report));
     let written = emit_report(
         serde_json::to_string_pretty(&report),
         args.report.as_deref(),

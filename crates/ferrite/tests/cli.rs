@@ -149,6 +149,7 @@ async fn simulate_publishes_to_a_running_server() {
     let mqtt = server.mqtt.to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(BIN)
+            .env_remove("FERRITE_TOKEN")
             .args([
                 "simulate",
                 "--mqtt",
@@ -325,6 +326,7 @@ async fn simulate(dir: &Path, args: Vec<String>) -> std::process::Output {
             .arg("simulate")
             .args(args)
             .args(["--log", "warn"])
+            .env_remove("FERRITE_TOKEN")
             .current_dir(dir)
             .output()
             .unwrap()
@@ -815,4 +817,342 @@ async fn fleet_administration_from_the_cli() {
         lines[1].contains("device.update") && lines[1].contains("admin"),
         "{audit}"
     );
+}
+
+/// `GET path` on the API with `token`; the JSON answer.
+async fn api_get(http: SocketAddr, token: &str, path: &str) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .get(format!("http://{http}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "GET {path}");
+    resp.json().await.unwrap()
+}
+
+/// SQL with `token` (`POST /api/v1/query`); the rows.
+async fn query_as(http: SocketAddr, token: &str, sql: &str) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{http}/api/v1/query"))
+        .bearer_auth(token)
+        .body(sql.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{sql}");
+    resp.json().await.unwrap()
+}
+
+/// A successful run's JSON report (standard output).
+fn report_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn simulate_provisions_its_devices_on_a_secured_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(dir.path(), "off");
+    let admin = server
+        .admin
+        .clone()
+        .expect("first start prints an admin token");
+    let (mqtt, http) = (server.mqtt.to_string(), server.http.to_string());
+    let run = |token: &str| {
+        strings(&[
+            "--mqtt",
+            &mqtt,
+            "--http",
+            &http,
+            "--scenario",
+            "smart_building",
+            "--devices",
+            "5",
+            "--count",
+            "50",
+            // Clean data: no duplicate replaces a row, so every reading is one row.
+            "--no-faults",
+            "--token",
+            token,
+        ])
+    };
+
+    let out = simulate(dir.path(), run(&admin)).await;
+    let report = report_of(&out);
+    assert_eq!(
+        (report["acked"].as_u64(), report["errors"].as_u64()),
+        (Some(50), Some(0))
+    );
+    assert_eq!(report["provisioning"]["devices"], 5);
+    assert_eq!(report["provisioning"]["created"], 5);
+    assert_eq!(report["provisioning"]["existing"], 0);
+    assert_eq!(report["connect"]["attempted"], 5);
+    assert_eq!(report["connect"]["connected"], 5);
+    assert_eq!(report["connect"]["refused"], serde_json::json!({}));
+    assert_eq!(report["config"]["authenticated"], true);
+    assert_eq!(report["config"]["transport"], "mqtt");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&admin),
+        "the report never shows the token"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provisioned 5 devices"), "{err}");
+    assert!(
+        err.contains("connect storm: 5/5 devices connected"),
+        "{err}"
+    );
+
+    // The devices are in the registry with the scenario's type and tags, and what they
+    // published under their own identities is queryable.
+    let listed = api_get(server.http, &admin, "/api/v1/devices?prefix=room-").await;
+    let items = listed["items"].as_array().unwrap();
+    let ids: Vec<&str> = items.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["room-0", "room-1", "room-2", "room-3", "room-4"]);
+    for d in items {
+        assert_eq!(d["type"], "smart_building", "{d}");
+        assert!(d["tags"]["building"].is_string(), "{d}");
+        assert!(d["tags"].get("device_id").is_none(), "{d}");
+    }
+    let rows = query_as(
+        server.http,
+        &admin,
+        "SELECT count(*) AS n, count(DISTINCT device_id) AS d FROM room",
+    )
+    .await;
+    assert_eq!(
+        (rows[0]["n"].as_u64(), rows[0]["d"].as_u64()),
+        (Some(50), Some(5))
+    );
+
+    // Again: the devices exist (409), so each gets a fresh token and the run works as well.
+    let again = report_of(&simulate(dir.path(), run(&admin)).await);
+    assert_eq!(again["provisioning"]["created"], 0);
+    assert_eq!(again["provisioning"]["existing"], 5);
+    assert_eq!(again["acked"], 50);
+    let rows = query_as(server.http, &admin, "SELECT count(*) AS n FROM room").await;
+    assert_eq!(rows[0]["n"], 100);
+    // Reruns replace the simulator's token instead of piling up credentials.
+    let creds = api_get(server.http, &admin, "/api/v1/devices/room-0/credentials").await;
+    let labels: Vec<&str> = creds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["simulator"], "{creds}");
+
+    // A wrong token ends the run before anything connects, with the status and the
+    // server's words; without a token every device is refused.
+    let wrong = simulate(dir.path(), run("fa_not_a_token")).await;
+    assert_eq!(wrong.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("401 Unauthorized") && err.contains("unknown or revoked API token"),
+        "{err}"
+    );
+    let mut anonymous = run("");
+    anonymous.truncate(anonymous.len() - 2);
+    let refused = simulate(dir.path(), anonymous).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("connection refused"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+#[tokio::test]
+async fn simulate_writes_line_protocol_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(dir.path(), "off");
+    let admin = server
+        .admin
+        .clone()
+        .expect("first start prints an admin token");
+    let http = server.http.to_string();
+
+    // A scenario, following its rate, in batches of at most 64 lines.
+    let out = simulate(
+        dir.path(),
+        strings(&[
+            "--transport",
+            "http",
+            "--http",
+            &http,
+            "--scenario",
+            "smart_building",
+            "--devices",
+            "5",
+            "--count",
+            "200",
+            "--rate",
+            "1000",
+            "--batch-lines",
+            "64",
+            "--no-faults",
+            "--token",
+            &admin,
+        ]),
+    )
+    .await;
+    let report = report_of(&out);
+    assert_eq!(
+        (
+            report["sent"].as_u64(),
+            report["acked"].as_u64(),
+            report["errors"].as_u64()
+        ),
+        (Some(200), Some(200), Some(0))
+    );
+    assert_eq!(report["config"]["transport"], "http");
+    assert!(report["connect"].is_null(), "no MQTT connections");
+    assert_eq!(report["provisioning"]["created"], 5);
+    assert!(
+        report["http"]["requests"].as_u64().unwrap() >= 4,
+        "{report}"
+    );
+    assert_eq!(report["http"]["failed_requests"], 0);
+    assert_eq!(report["measurements"]["room"], 200);
+    assert!(report["p99_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("acknowledged lines/s"));
+    // Line protocol carries every scenario tag; the devices are registered too.
+    let rows = query_as(
+        server.http,
+        &admin,
+        "SELECT count(*) AS n, count(DISTINCT device_id) AS d, count(building) AS b FROM room",
+    )
+    .await;
+    assert_eq!(
+        (
+            rows[0]["n"].as_u64(),
+            rows[0]["d"].as_u64(),
+            rows[0]["b"].as_u64()
+        ),
+        (Some(200), Some(5), Some(200))
+    );
+    let listed = api_get(server.http, &admin, "/api/v1/devices?prefix=room-").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 5);
+
+    // The classic readings at maximum rate, to table `telemetry`.
+    let classic = report_of(
+        &simulate(
+            dir.path(),
+            strings(&[
+                "--transport",
+                "http",
+                "--http",
+                &http,
+                "--devices",
+                "3",
+                "--count",
+                "30",
+                "--max-rate",
+                "--prefix",
+                "h-",
+                "--token",
+                &admin,
+            ]),
+        )
+        .await,
+    );
+    assert_eq!(classic["acked"], 30);
+    assert_eq!(classic["measurements"]["telemetry"], 30);
+    let rows = query_as(
+        server.http,
+        &admin,
+        "SELECT count(*) AS n, count(DISTINCT device_id) AS d FROM telemetry",
+    )
+    .await;
+    assert_eq!(
+        (rows[0]["n"].as_u64(), rows[0]["d"].as_u64()),
+        (Some(30), Some(3))
+    );
+    let h0 = api_get(server.http, &admin, "/api/v1/devices/h-0").await;
+    assert_eq!(h0["device"]["type"], "sim");
+
+    // Writing without a token is refused, and the run says why.
+    let denied = simulate(
+        dir.path(),
+        strings(&["--transport", "http", "--http", &http, "--count", "10"]),
+    )
+    .await;
+    assert_eq!(denied.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(err.contains("401 Unauthorized"), "{err}");
+}
+
+#[tokio::test]
+async fn simulate_connect_only_reports_the_connect_storm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(dir.path(), "off");
+    let admin = server
+        .admin
+        .clone()
+        .expect("first start prints an admin token");
+    let (mqtt, http) = (server.mqtt.to_string(), server.http.to_string());
+    let storm = |extra: &[&str]| {
+        let mut a = strings(&[
+            "--connect-only",
+            "--mqtt",
+            &mqtt,
+            "--http",
+            &http,
+            "--devices",
+            "20",
+            "--prefix",
+            "storm-",
+            "--connect-concurrency",
+            "4",
+        ]);
+        a.extend(strings(extra));
+        a
+    };
+    let out = simulate(dir.path(), storm(&["--token", &admin])).await;
+    let report = report_of(&out);
+    let connect = &report["connect"];
+    assert_eq!(
+        (connect["attempted"].as_u64(), connect["connected"].as_u64()),
+        (Some(20), Some(20))
+    );
+    assert_eq!(connect["refused"], serde_json::json!({}));
+    assert_eq!(connect["concurrency"], 4);
+    assert!(connect["storm_s"].as_f64().unwrap() > 0.0);
+    let (p50, p99) = (
+        connect["p50_ms"].as_f64().unwrap(),
+        connect["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{connect}");
+    assert_eq!(
+        (report["sent"].as_u64(), report["errors"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(report["config"]["connect_only"], true);
+    assert_eq!(report["provisioning"]["created"], 20);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connect storm: 20/20"), "{err}");
+    assert!(!err.contains("achieved"), "{err}");
+    // Each device connected as itself.
+    let fleet = api_get(server.http, &admin, "/api/v1/fleet").await;
+    assert_eq!(
+        (fleet["total"].as_u64(), fleet["never_seen"].as_u64()),
+        (Some(20), Some(0))
+    );
+
+    // Without a token the storm is refused, counted by reason, and the run fails.
+    let refused = simulate(dir.path(), storm(&[])).await;
+    assert_eq!(refused.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(report["connect"]["connected"], 0);
+    let reasons = report["connect"]["refused"].as_object().unwrap();
+    assert_eq!(
+        reasons.values().map(|n| n.as_u64().unwrap()).sum::<u64>(),
+        20,
+        "{reasons:?}"
+    );
+    assert_eq!(report["errors"], 20);
 }
