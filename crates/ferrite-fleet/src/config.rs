@@ -32,6 +32,8 @@ pub struct FleetConfig {
     pub api_token_touch_interval: Duration,
     /// Brute-force protection for device authentication.
     pub limiter: LimiterConfig,
+    /// Memory the registry database may use to cache its pages (redb's own default is 1 GiB).
+    pub cache_bytes: usize,
 }
 
 impl Default for FleetConfig {
@@ -45,6 +47,7 @@ impl Default for FleetConfig {
             auth_cache_capacity: 200_000,
             api_token_touch_interval: Duration::from_secs(60),
             limiter: LimiterConfig::default(),
+            cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

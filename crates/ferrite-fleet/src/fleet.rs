@@ -259,7 +259,9 @@ impl Fleet {
         let dir = dir.as_ref().to_path_buf();
         create_private_dir(&dir)?;
         let secrets = Secrets::load_or_create(&dir)?;
-        let db = redb::Database::create(dir.join(DB_FILE))?;
+        let db = redb::Database::builder()
+            .set_cache_size(config.cache_bytes)
+            .create(dir.join(DB_FILE))?;
         schema::init(&db)?;
         let seq = {
             let txn = db.begin_read()?;
