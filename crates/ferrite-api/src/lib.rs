@@ -12,14 +12,17 @@
 //! Statuses come from the error's [`ErrorKind`]: 400 for bad input, 503 when overloaded, 500
 //! for internal failures.
 //!
-//! - the device registry and API tokens ([`fleet`]).
+//! - the device registry and API tokens ([`fleet`]);
+//! - rules: definitions, enable/disable and counters ([`rules`]), served by whatever engine
+//!   the server puts in [`ApiState::rules`].
 //!
 //! Access: bearer API tokens with roles on every endpoint but `/healthz` and `/mqtt`
 //! ([`fleet::access`]); anonymous callers only where [`Anonymous`] allows.
-//! Not here yet: pgwire, streaming of large results, rules and audit endpoints.
+//! Not here yet: pgwire, streaming of large results.
 
 pub mod fleet;
 mod publish;
+pub mod rules;
 pub mod security;
 mod write;
 mod ws;
@@ -57,6 +60,8 @@ pub struct ApiState {
     pub anonymous: Anonymous,
     /// The gateway's router, for `POST /api/v1/publish/{topic}`; `None` disables it.
     pub router: Option<ferrite_mqtt::Router>,
+    /// The rules engine, for `/api/v1/rules`; `None` serves no rules.
+    pub rules: Option<Arc<dyn rules::RulesApi>>,
 }
 
 /// Build the API's router.
@@ -123,6 +128,13 @@ pub fn router(state: ApiState) -> Router {
             post(fleet::create_token).get(fleet::list_tokens),
         )
         .route("/api/v1/tokens/{id}", delete(fleet::revoke_token))
+        .route("/api/v1/rules", post(rules::create).get(rules::list))
+        .route(
+            "/api/v1/rules/{name}",
+            get(rules::get).put(rules::replace).delete(rules::delete),
+        )
+        .route("/api/v1/rules/{name}/enable", post(rules::enable))
+        .route("/api/v1/rules/{name}/disable", post(rules::disable))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), fleet::access))
         .with_state(state)

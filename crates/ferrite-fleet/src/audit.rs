@@ -113,6 +113,18 @@ fn parse_key(c: &Cursor) -> Result<(i64, u64), FleetError> {
 }
 
 impl Fleet {
+    /// Record a change made outside the registry (rules, …) in the audit log, in its own
+    /// transaction.
+    pub fn record_audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), FleetError> {
+        self.write(actor, |tx| tx.audit(action, target, detail))
+    }
+
     /// List audit entries in time order.
     pub fn audit(&self, query: &AuditQuery) -> Result<Page<AuditEntry>, FleetError> {
         let limit = clamp_limit(query.limit);

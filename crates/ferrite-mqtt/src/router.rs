@@ -219,6 +219,35 @@ impl Router {
         capacity: usize,
         durable: bool,
     ) -> mpsc::Receiver<Delivery> {
+        self.add_internal(filters, capacity, durable).1
+    }
+
+    /// Like [`Router::subscribe_internal`], for a consumer that comes and goes while the
+    /// router lives (a rule being disabled or replaced): the subscription ends — no further
+    /// message is queued for it — as soon as the returned [`InternalSubscription`] is dropped.
+    pub fn subscribe_internal_scoped(
+        &self,
+        filters: &[TopicFilter],
+        capacity: usize,
+        durable: bool,
+    ) -> (InternalSubscription, mpsc::Receiver<Delivery>) {
+        let (id, rx) = self.add_internal(filters, capacity, durable);
+        (
+            InternalSubscription {
+                router: self.clone(),
+                id,
+                filters: filters.to_vec(),
+            },
+            rx,
+        )
+    }
+
+    fn add_internal(
+        &self,
+        filters: &[TopicFilter],
+        capacity: usize,
+        durable: bool,
+    ) -> (SubscriberId, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut state = self.write();
@@ -232,7 +261,7 @@ impl Router {
         for f in filters {
             state.tree.insert(f, id, opts);
         }
-        rx
+        (id, rx)
     }
 
     /// Route one message: store or clear it as retained if flagged, deliver it to every
@@ -449,6 +478,24 @@ impl SessionHandle {
     /// The router this session is registered with.
     pub fn router(&self) -> &Router {
         &self.router
+    }
+}
+
+/// An internal subscription made with [`Router::subscribe_internal_scoped`]; dropping it
+/// unsubscribes. It holds a clone of the router, so it must be dropped for the router to go.
+pub struct InternalSubscription {
+    router: Router,
+    id: SubscriberId,
+    filters: Vec<TopicFilter>,
+}
+
+impl Drop for InternalSubscription {
+    fn drop(&mut self) {
+        let mut state = self.router.write();
+        state.sinks.remove(&self.id);
+        for f in &self.filters {
+            state.tree.remove(f, self.id);
+        }
     }
 }
 

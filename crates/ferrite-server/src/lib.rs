@@ -2,7 +2,7 @@
 //!
 //! Owns startup and shutdown of the whole system from one [`Config`]: opens the store
 //! (replaying its WAL), builds the router, subscribes the telemetry consumer to it, starts the
-//! MQTT gateway and the HTTP API, and on [`Server::shutdown`] stops them in the order that
+//! MQTT gateway, the rules engine and the HTTP API, and on [`Server::shutdown`] stops them in the order that
 //! loses nothing (listeners first, then the consumer drains, then the store's last group
 //! commit). The binary, the end-to-end tests and the benchmarks all start Ferrite through
 //! [`Server::start`].
@@ -14,6 +14,7 @@ pub mod config;
 mod events;
 mod ingest;
 mod provision;
+mod rules;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,6 +59,14 @@ pub enum ServerError {
     /// The device registry could not be opened.
     #[error("opening the device registry: {0}")]
     Fleet(#[from] ferrite_fleet::FleetError),
+    /// The stored rules could not be loaded.
+    #[error("rules file {path}: {message}")]
+    Rules {
+        /// The rules file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The HTTP listener could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
@@ -87,6 +96,8 @@ pub struct Server {
     http: TaskTracker,
     /// The ingest consumer and its per-write tasks.
     ingest: TaskTracker,
+    /// The rules engine; stopped before the ingest consumer drains (its tasks hold the router).
+    rules: rules::RulesEngine,
 }
 
 impl Server {
@@ -182,7 +193,7 @@ impl Server {
             mqtt_config.clone(),
             router.clone(),
             Arc::new(auth),
-            clock,
+            Arc::clone(&clock),
             shutdown.clone(),
         )
         .await?;
@@ -196,6 +207,15 @@ impl Server {
         }
 
         let query = Arc::new(QueryEngine::new(Arc::clone(&store), config.query.clone())?);
+        let rules = rules::RulesEngine::start(
+            data_dir.join("rules"),
+            router.clone(),
+            Arc::clone(&store),
+            fleet.clone(),
+            clock,
+            &shutdown,
+        )?;
+
         let app = ferrite_api::router(ApiState {
             query,
             store: Arc::clone(&store),
@@ -204,6 +224,7 @@ impl Server {
             fleet: Some(fleet.clone()),
             anonymous: config.auth.anonymous,
             router: Some(router),
+            rules: Some(Arc::new(rules.clone())),
         });
         let listener = TcpListener::bind(config.http.listen)
             .await
@@ -237,6 +258,7 @@ impl Server {
             shutdown,
             http,
             ingest,
+            rules,
         })
     }
 
@@ -303,6 +325,8 @@ impl Server {
         self.mqtt.wait().await;
         self.http.close();
         self.http.wait().await;
+        // Rule tasks hold the router; they go before the ingest consumer can see it end.
+        self.rules.stop().await;
         // Connections are gone; the router (held by them and the gateway) is dropped with the
         // MqttServer, which ends the ingest consumer's subscription.
         drop(self.mqtt);

@@ -301,7 +301,7 @@ pub(crate) enum TokenCommand {
     },
 }
 
-async fn call(
+pub(crate) async fn call(
     api: &ApiArgs,
     method: reqwest::Method,
     path: &str,
@@ -333,7 +333,7 @@ async fn call(
     }))
 }
 
-fn pretty(v: &Value) -> String {
+pub(crate) fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
@@ -549,7 +549,7 @@ async fn device_inner(api: ApiArgs, command: DeviceCommand) -> Result<String, Ex
     }
 }
 
-fn finish(result: Result<String, ExitCode>) -> ExitCode {
+pub(crate) fn finish(result: Result<String, ExitCode>) -> ExitCode {
     match result {
         Ok(text) => {
             out(&text);
@@ -712,7 +712,7 @@ pub(crate) async fn cert(api: ApiArgs, command: CertCommand) -> ExitCode {
     finish(cert_inner(api, command).await)
 }
 
-fn read_file(path: &Path) -> Result<String, ExitCode> {
+pub(crate) fn read_file(path: &Path) -> Result<String, ExitCode> {
     if path == Path::new("-") {
         let mut s = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| {

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod fleet_cmd;
+mod rule_cmd;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -103,6 +104,14 @@ enum Command {
     },
     /// Show the audit log: who changed what, when.
     Audit(fleet_cmd::AuditArgs),
+    /// Rules of a running Ferrite (`create`, `list`, `show`, `rm`, `enable`, `disable`), and
+    /// `rule test` to run a rule offline over recorded messages.
+    Rule {
+        #[command(flatten)]
+        api: fleet_cmd::ApiArgs,
+        #[command(subcommand)]
+        command: rule_cmd::RuleCommand,
+    },
     /// Print or check the configuration.
     Config {
         #[command(subcommand)]
@@ -362,6 +371,7 @@ fn main() -> ExitCode {
         Command::Policy { api, command } => runtime.block_on(fleet_cmd::policy(api, command)),
         Command::Claim { api, command } => runtime.block_on(fleet_cmd::claim(api, command)),
         Command::Audit(args) => runtime.block_on(fleet_cmd::audit(args)),
+        Command::Rule { api, command } => runtime.block_on(rule_cmd::rule(api, command)),
     }
 }
 

@@ -1156,3 +1156,99 @@ async fn simulate_connect_only_reports_the_connect_storm() {
     );
     assert_eq!(report["errors"], 20);
 }
+
+/// `ferrite rule test` runs a rule offline and traces what each message made it emit.
+#[test]
+fn rule_test_traces_a_rule_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("messages.ndjson");
+    std::fs::write(
+        &input,
+        [
+            r#"{"topic": "devices/s1/telemetry", "payload": {"temp": 25}, "ts": 1700000000100}"#,
+            r#"{"topic": "devices/s1/telemetry", "payload": {"temp": 31.5}, "ts": 1700000000500}"#,
+            "",
+            r#"{"topic": "other/topic", "payload": {"temp": 99}, "ts": 1700000001200}"#,
+            r#"{"topic": "devices/s2/telemetry", "payload": {"temp": 40, "ts": 1700000001700}}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let run = |sql: &str| {
+        let out = Command::new(BIN)
+            .args([
+                "rule",
+                "test",
+                "--out-of-orderness",
+                "0s",
+                "--sql",
+                sql,
+                "--input",
+            ])
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    let trace =
+        run("SELECT device_id() AS device, temp FROM 'devices/+/telemetry' WHERE temp > 30");
+    assert_eq!(trace.len(), 5, "{trace:?}");
+    assert_eq!(trace[0]["line"], 1);
+    assert_eq!(trace[0]["emitted"], serde_json::json!([]));
+    assert_eq!(
+        trace[1]["emitted"],
+        serde_json::json!([{"row": {"device": "s1", "temp": 31.5}}])
+    );
+    assert_eq!(trace[2]["line"], 4);
+    assert_eq!(trace[2]["emitted"], serde_json::json!([]));
+    assert_eq!(
+        trace[3]["emitted"],
+        serde_json::json!([{"row": {"device": "s2", "temp": 40}}])
+    );
+    assert_eq!(trace[4]["flush"], serde_json::json!([]));
+    assert_eq!(trace[4]["stats"]["matched"], 2);
+
+    // Windowed: the s2 reading closes the first second; the flush fires the second.
+    let trace = run(
+        "SELECT count(*) AS n, max(temp) AS hi FROM 'devices/+/telemetry' GROUP BY TUMBLE('1s')",
+    );
+    assert_eq!(trace[1]["emitted"], serde_json::json!([]));
+    let fired = &trace[3]["emitted"];
+    assert_eq!(fired.as_array().unwrap().len(), 1, "{trace:?}");
+    assert_eq!(fired[0]["row"], serde_json::json!({"n": 2, "hi": 31.5}));
+    assert_eq!(fired[0]["window"]["start"], "2023-11-14T22:13:20Z");
+    assert_eq!(
+        trace[4]["flush"],
+        serde_json::json!([{"row": {"n": 1, "hi": 40}, "window": {
+            "start": "2023-11-14T22:13:21Z", "end": "2023-11-14T22:13:22Z"}}])
+    );
+
+    // A rule that does not compile is a usage error with its position.
+    let out = Command::new(BIN)
+        .args([
+            "rule",
+            "test",
+            "--sql",
+            "SELECT nosuch(x) FROM 'a'",
+            "--input",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 1, column 8"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -81,7 +81,9 @@ const SECONDS_BELOW: f64 = 1e11;
 const MILLIS_BELOW: f64 = 1e14;
 const MICROS_BELOW: f64 = 1e17;
 
-fn parse_ts(v: &Json) -> Result<Timestamp, PayloadError> {
+/// Read a JSON `ts` value as [`decode_json`] does: an epoch number in s, ms, µs or ns (told
+/// apart by magnitude) or an RFC 3339 string.
+pub fn parse_ts(v: &Json) -> Result<Timestamp, PayloadError> {
     match v {
         Json::Number(n) => {
             if let Some(i) = n.as_i64() {

@@ -5,7 +5,7 @@ mod json;
 mod line_protocol;
 mod senml;
 
-pub use json::decode_json;
+pub use json::{decode_json, parse_ts};
 pub use line_protocol::{LineError, Precision, decode_line_protocol};
 pub use senml::decode_senml;
 

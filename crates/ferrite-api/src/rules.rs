@@ -1,0 +1,409 @@
+//! The rules REST surface, and the contract ([`RulesApi`]) the server's rules engine
+//! implements for it — this crate does not depend on the server.
+//!
+//! - `POST /api/v1/rules` a [`RuleDefinition`] → 201 the [`RuleView`]; 409 if the name is
+//!   taken; 400 with `line` and `column` when the SQL does not compile;
+//! - `GET /api/v1/rules` → `{items: [RuleView]}`;
+//! - `GET|PUT|DELETE /api/v1/rules/{name}` (PUT replaces the whole definition; the body's
+//!   `name` may be left out, and must equal the path's if given);
+//! - `POST /api/v1/rules/{name}/enable`, `POST /api/v1/rules/{name}/disable`.
+//!
+//! Reads need [`Permission::ReadFleet`], changes [`Permission::WriteRules`]. Changes apply
+//! at once, without a restart, and are recorded in the fleet's audit log (`rule.create`,
+//! `rule.replace`, `rule.delete`, `rule.enable`, `rule.disable`; who, what, when) right after
+//! they are made.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferrite_fleet::{ApiPrincipal, Permission};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::fleet::{require, tri};
+use crate::{ApiState, JsonBody, error};
+
+/// A rule as the operator defines it; stored as given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDefinition {
+    /// Unique name: letters, digits, `-`, `_`, `.`, at most 64 bytes.
+    pub name: String,
+    /// The rule SQL (see `ferrite_rules::lang`).
+    pub sql: String,
+    /// Whether it runs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// What to do with every output row, in order.
+    #[serde(default)]
+    pub actions: Vec<Action>,
+    /// Where failures of `actions` go, as `{rule, action, error, row}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_action: Option<Action>,
+    /// Windowed rules: how late (in event time) readings may arrive and still be on time
+    /// (default 5 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub out_of_orderness: Option<Duration>,
+    /// Windowed rules: how long after firing a window still takes late readings and fires
+    /// again (default 0 s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allowed_lateness: Option<Duration>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One thing a rule does with an output row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Publish the row as JSON through the broker, with publisher `$rule/{name}`.
+    Republish {
+        /// Topic template: `${column}` of the row, `${device_id}`, `${topic}`.
+        topic: String,
+        /// 0 or 1.
+        #[serde(default)]
+        qos: u8,
+        /// The retain flag.
+        #[serde(default)]
+        retain: bool,
+    },
+    /// Write the row into the store as a point of measurement `table`.
+    Table {
+        /// The measurement.
+        table: String,
+    },
+    /// POST the row as JSON, retrying with exponential backoff.
+    Webhook {
+        /// `http://…` (TLS is not built in).
+        url: String,
+        /// Extra request headers.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        headers: BTreeMap<String, String>,
+    },
+}
+
+impl Action {
+    /// `republish`, `table` or `webhook`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Republish { .. } => "republish",
+            Self::Table { .. } => "table",
+            Self::Webhook { .. } => "webhook",
+        }
+    }
+}
+
+/// Counters of a rule since it was last (re)started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCounters {
+    /// Messages delivered to the rule.
+    pub messages: u64,
+    /// Messages whose payload was not a JSON document (skipped).
+    pub bad_payloads: u64,
+    /// Messages that passed `WHERE`.
+    pub matched: u64,
+    /// Output rows.
+    pub rows: u64,
+    /// Windowed rules: readings too late for every window.
+    pub late_events: u64,
+    /// Actions that succeeded (one per row and action).
+    pub actions_ok: u64,
+    /// Actions that failed (after retries; each went to the error action if any).
+    pub actions_failed: u64,
+    /// Rows dropped because the rule's action queue was full.
+    pub actions_dropped: u64,
+}
+
+/// A rule with its state, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleView {
+    /// The definition.
+    #[serde(flatten)]
+    pub definition: RuleDefinition,
+    /// Whether its task is running (enabled and started).
+    pub running: bool,
+    /// Its counters.
+    pub stats: RuleCounters,
+    /// Why an enabled rule is not running (a stored rule that no longer compiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Why a rules operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RulesApiError {
+    /// The definition is invalid; `line`/`column` locate SQL errors.
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong (includes the position for SQL errors).
+        message: String,
+        /// 1-based line of a SQL error.
+        line: Option<u64>,
+        /// 1-based column of a SQL error.
+        column: Option<u64>,
+    },
+    /// No rule has this name.
+    #[error("no rule named {0:?}")]
+    NotFound(String),
+    /// A rule with this name exists.
+    #[error("a rule named {0:?} exists")]
+    Conflict(String),
+    /// Persisting or starting failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RulesApiError {
+    /// An invalid definition without a SQL position.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid {
+            message: message.into(),
+            line: None,
+            column: None,
+        }
+    }
+}
+
+/// What the rules engine offers the API. Methods may block briefly (they persist the rule
+/// set with an fsync); the API calls them off the async workers.
+pub trait RulesApi: Send + Sync + 'static {
+    /// Create a rule (started at once if enabled).
+    fn create(&self, who: &str, rule: RuleDefinition) -> Result<RuleView, RulesApiError>;
+    /// Replace a rule's definition (its state restarts).
+    fn replace(&self, who: &str, rule: RuleDefinition) -> Result<RuleView, RulesApiError>;
+    /// Delete a rule (stopped at once).
+    fn delete(&self, who: &str, name: &str) -> Result<(), RulesApiError>;
+    /// Enable or disable a rule.
+    fn set_enabled(&self, who: &str, name: &str, enabled: bool) -> Result<RuleView, RulesApiError>;
+    /// One rule.
+    fn get(&self, name: &str) -> Result<RuleView, RulesApiError>;
+    /// Every rule, by name.
+    fn list(&self) -> Vec<RuleView>;
+}
+
+fn rules_error(e: &RulesApiError) -> Response {
+    match e {
+        RulesApiError::Invalid {
+            message,
+            line,
+            column,
+        } => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": message, "line": line, "column": column})),
+        )
+            .into_response(),
+        RulesApiError::NotFound(_) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        RulesApiError::Conflict(_) => error(StatusCode::CONFLICT, &e.to_string()),
+        RulesApiError::Internal(_) => {
+            tracing::error!(error = %e, "rules operation failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
+    }
+}
+
+fn engine(state: &ApiState) -> Result<Arc<dyn RulesApi>, Box<Response>> {
+    state.rules.clone().ok_or_else(|| {
+        Box::new(error(
+            StatusCode::NOT_FOUND,
+            "this server has no rules engine",
+        ))
+    })
+}
+
+/// Run an engine call on a blocking thread.
+async fn call<T, F>(state: &ApiState, f: F) -> Result<T, Box<Response>>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn RulesApi) -> Result<T, RulesApiError> + Send + 'static,
+{
+    let engine = engine(state)?;
+    match tokio::task::spawn_blocking(move || f(engine.as_ref())).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Box::new(rules_error(&e))),
+        Err(e) => {
+            tracing::error!(error = %e, "rules task failed");
+            Err(Box::new(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rules operation failed",
+            )))
+        }
+    }
+}
+
+fn who(p: &ApiPrincipal) -> String {
+    p.actor().to_string()
+}
+
+/// Write a rule change into the fleet's audit log (after the change, in its own transaction;
+/// a failure to record is logged, the change stands).
+async fn audit(
+    state: &ApiState,
+    p: &ApiPrincipal,
+    action: &'static str,
+    target: &str,
+    detail: serde_json::Value,
+) {
+    let Some(fleet) = state.fleet.clone() else {
+        return;
+    };
+    let (actor, target) = (p.actor(), target.to_owned());
+    let written =
+        tokio::task::spawn_blocking(move || fleet.record_audit(&actor, action, &target, detail))
+            .await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::error!(action, "the audit log did not record a rule change");
+    }
+}
+
+pub(crate) async fn create(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    JsonBody(rule): JsonBody<RuleDefinition>,
+) -> Response {
+    tri!(require(&p, Permission::WriteRules));
+    let who = who(&p);
+    let (name, detail) = (
+        rule.name.clone(),
+        serde_json::to_value(&rule).unwrap_or_default(),
+    );
+    let view = tri!(call(&state, move |e| e.create(&who, rule)).await);
+    audit(&state, &p, "rule.create", &name, detail).await;
+    (StatusCode::CREATED, Json(view)).into_response()
+}
+
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+) -> Response {
+    tri!(require(&p, Permission::ReadFleet));
+    let items = tri!(call(&state, |e| Ok(e.list())).await);
+    Json(json!({ "items": items })).into_response()
+}
+
+pub(crate) async fn get(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Path(name): Path<String>,
+) -> Response {
+    tri!(require(&p, Permission::ReadFleet));
+    Json(tri!(call(&state, move |e| e.get(&name)).await)).into_response()
+}
+
+pub(crate) async fn replace(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Path(name): Path<String>,
+    JsonBody(mut body): JsonBody<serde_json::Map<String, serde_json::Value>>,
+) -> Response {
+    tri!(require(&p, Permission::WriteRules));
+    match body.get("name") {
+        None => {
+            body.insert("name".to_owned(), name.clone().into());
+        }
+        Some(n) if n.as_str() == Some(name.as_str()) => {}
+        Some(n) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body's name {n} differs from the path's {name:?}"),
+            );
+        }
+    }
+    let rule: RuleDefinition = match serde_json::from_value(serde_json::Value::Object(body)) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let who = who(&p);
+    let detail = serde_json::to_value(&rule).unwrap_or_default();
+    let view = tri!(call(&state, move |e| e.replace(&who, rule)).await);
+    audit(&state, &p, "rule.replace", &name, detail).await;
+    Json(view).into_response()
+}
+
+pub(crate) async fn delete(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Path(name): Path<String>,
+) -> Response {
+    tri!(require(&p, Permission::WriteRules));
+    let who = who(&p);
+    let target = name.clone();
+    tri!(call(&state, move |e| e.delete(&who, &name)).await);
+    audit(&state, &p, "rule.delete", &target, serde_json::Value::Null).await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub(crate) async fn enable(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Path(name): Path<String>,
+) -> Response {
+    set_enabled(state, p, name, true).await
+}
+
+pub(crate) async fn disable(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Path(name): Path<String>,
+) -> Response {
+    set_enabled(state, p, name, false).await
+}
+
+async fn set_enabled(state: ApiState, p: ApiPrincipal, name: String, enabled: bool) -> Response {
+    tri!(require(&p, Permission::WriteRules));
+    let who = who(&p);
+    let target = name.clone();
+    let view = tri!(call(&state, move |e| e.set_enabled(&who, &name, enabled)).await);
+    let action = if enabled {
+        "rule.enable"
+    } else {
+        "rule.disable"
+    };
+    audit(&state, &p, action, &target, serde_json::Value::Null).await;
+    Json(view).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn definition_round_trips_with_human_durations() {
+        let text = r#"{"name": "hot", "sql": "SELECT 1 FROM 'a'", "out_of_orderness": "5s",
+            "actions": [{"type": "republish", "topic": "alerts/${device_id}", "qos": 1},
+                        {"type": "table", "table": "t"},
+                        {"type": "webhook", "url": "http://127.0.0.1:9/x"}]}"#;
+        let def: RuleDefinition = serde_json::from_str(text).unwrap();
+        assert!(def.enabled);
+        assert_eq!(def.out_of_orderness, Some(Duration::from_secs(5)));
+        assert_eq!(def.actions.len(), 3);
+        assert_eq!(def.actions[0].kind(), "republish");
+        let back = serde_json::to_value(&def).unwrap();
+        assert_eq!(back["out_of_orderness"], "5s");
+        assert_eq!(serde_json::from_value::<RuleDefinition>(back).unwrap(), def);
+    }
+
+    #[test]
+    fn unknown_action_fields_are_refused() {
+        let text = r#"{"name": "x", "sql": "s", "actions": [{"type": "table", "tabel": "t"}]}"#;
+        assert!(serde_json::from_str::<RuleDefinition>(text).is_err());
+    }
+}
