@@ -37,6 +37,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// SQL queries.
     pub query: QueryConfig,
+    /// Device registry, credentials and brute-force protection.
+    pub fleet: ferrite_fleet::FleetConfig,
 }
 
 /// `[auth]`: who may connect.
@@ -106,6 +108,25 @@ impl Config {
         errs.extend(self.mqtt.validate());
         errs.extend(self.store.validate());
         errs.extend(self.query.validate());
+        let fleet = &self.fleet;
+        if fleet.max_credentials_per_device < 2 {
+            errs.push(
+                "fleet.max_credentials_per_device must be at least 2 (rotation needs two)"
+                    .to_owned(),
+            );
+        }
+        if fleet.event_capacity == 0
+            || fleet.auth_cache_capacity == 0
+            || fleet.limiter.max_tracked == 0
+        {
+            errs.push("fleet.event_capacity, fleet.auth_cache_capacity and fleet.limiter.max_tracked must be at least 1".to_owned());
+        }
+        if fleet.cert_validity.is_zero() || fleet.ca_validity.is_zero() {
+            errs.push("fleet.cert_validity and fleet.ca_validity must be more than 0s".to_owned());
+        }
+        if fleet.limiter.per_ip.burst == 0 || fleet.limiter.per_device.burst == 0 {
+            errs.push("fleet.limiter burst must be at least 1".to_owned());
+        }
         errs
     }
 }
@@ -207,6 +228,7 @@ pub fn load(sources: &ConfigSources) -> Result<(Config, Option<PathBuf>), Config
             "ingest" => section(value, &mut config.ingest, &key, &mut errs),
             "store" => section(value, &mut config.store, &key, &mut errs),
             "query" => section(value, &mut config.query, &key, &mut errs),
+            "fleet" => section(value, &mut config.fleet, &key, &mut errs),
             _ => {} // reported above as unknown
         }
     }
@@ -356,6 +378,52 @@ mod tests {
         assert_eq!(c.mqtt.session_queue, 7);
         assert_eq!(c.mqtt.receive_maximum, 30);
         assert_eq!(c.query.timeout, std::time::Duration::from_secs(5));
+    }
+
+    /// Every section of the default file is loaded: setting each leaf to the value it already
+    /// has must succeed, and a changed leaf of every section must reach the `Config` (a
+    /// section missing from the loader would be silently ignored).
+    #[test]
+    fn every_section_reaches_the_config() {
+        let changes = [
+            ("FERRITE_FLEET_CACHE_BYTES", "1000"),
+            ("FERRITE_FLEET_LIMITER_PER_IP_BURST", "5"),
+            ("FERRITE_AUTH_ANONYMOUS", "any"),
+            ("FERRITE_HTTP_MAX_BODY_BYTES", "2048"),
+            ("FERRITE_INGEST_QUEUE", "3"),
+            ("FERRITE_STORE_WRITE_QUEUE", "9"),
+            ("FERRITE_QUERY_MAX_ROWS", "11"),
+            ("FERRITE_MQTT_SESSION_QUEUE", "13"),
+        ];
+        let s = ConfigSources {
+            env: changes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..sources()
+        };
+        let (c, _) = load(&s).unwrap();
+        assert_eq!(c.fleet.cache_bytes, 1000);
+        assert_eq!(c.fleet.limiter.per_ip.burst, 5);
+        assert_eq!(c.auth.anonymous, ferrite_api::Anonymous::Any);
+        assert_eq!(c.http.max_body_bytes, 2048);
+        assert_eq!(c.ingest.queue, 3);
+        assert_eq!(c.store.write_queue, 9);
+        assert_eq!(c.query.max_rows, 11);
+        assert_eq!(c.mqtt.session_queue, 13);
+        let top: Vec<String> = DEFAULT_TOML
+            .parse::<Table>()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(
+            top,
+            [
+                "auth", "data_dir", "fleet", "http", "ingest", "mqtt", "query", "store"
+            ],
+            "a new section needs a line in `load` and in this test"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use ferrite_api::ApiState;
 use ferrite_core::{Clock, SystemClock, TelemetryTopic, TopicFilter};
-use ferrite_fleet::{Actor, Fleet, FleetConfig};
+use ferrite_fleet::{Actor, Fleet};
 use ferrite_mqtt::{MqttServer, Router};
 use ferrite_query::QueryEngine;
 use ferrite_store::{ReplayReport, Store};
@@ -144,13 +144,13 @@ impl Server {
         ));
 
         let fleet_dir = data_dir.join("fleet");
-        let fleet =
-            tokio::task::spawn_blocking(move || Fleet::open(&fleet_dir, FleetConfig::default()))
-                .await
-                .map_err(|e| ServerError::DataDir {
-                    path: data_dir.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })??;
+        let fleet_config = config.fleet.clone();
+        let fleet = tokio::task::spawn_blocking(move || Fleet::open(&fleet_dir, fleet_config))
+            .await
+            .map_err(|e| ServerError::DataDir {
+                path: data_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
         // The first start of an empty data folder creates an admin token, shown once.
         let bootstrap_token = fleet
             .bootstrap_admin(&Actor::System)?
