@@ -27,6 +27,11 @@ pub struct MqttConfig {
     /// this value as Server Keep Alive.
     #[serde(with = "humantime_serde")]
     pub max_keep_alive: Duration,
+    /// Longest a session is kept after its connection ends: MQTT 5 clients asking for a
+    /// longer Session Expiry Interval are told this value; MQTT 3.1.1 clients with
+    /// Clean Session = 0 get exactly this.
+    #[serde(with = "humantime_serde")]
+    pub max_session_expiry: Duration,
     /// Time a new connection has to send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -96,6 +101,7 @@ impl Default for MqttConfig {
             receive_maximum: 1024,
             session_queue: 1000,
             max_keep_alive: Duration::from_secs(3600),
+            max_session_expiry: Duration::from_secs(2 * 3600),
             connect_timeout: Duration::from_secs(10),
             topic_alias_maximum: 64,
             max_retained: 100_000,
@@ -129,6 +135,9 @@ impl MqttConfig {
         }
         if cert.is_empty() && !self.tls.client_ca.as_os_str().is_empty() {
             errs.push("mqtt.tls.client_ca needs mqtt.tls.cert and mqtt.tls.key".to_owned());
+        }
+        if self.max_session_expiry > Duration::from_secs(u64::from(u32::MAX) - 1) {
+            errs.push("mqtt.max_session_expiry must be less than 136 years".to_owned());
         }
         if self.connect_timeout.is_zero() {
             errs.push("mqtt.connect_timeout must be more than 0s".to_owned());

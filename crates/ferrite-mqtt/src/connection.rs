@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{ConnectRequest, SessionGuard};
 use crate::router::{Message, Outgoing, PublishOutcome, SessionHandle, SubscribeOptions, Verdict};
 use crate::server::Shared;
+use crate::session::{InFlight, Parked};
 
 /// Longest client identifier accepted (MQTT requires servers to accept 23; more is allowed).
 const MAX_CLIENT_ID_LEN: usize = 256;
@@ -37,8 +38,12 @@ const MAX_CLIENT_ID_LEN: usize = 256;
 /// Why a connection ends.
 #[derive(Debug)]
 enum Exit {
-    /// The client sent DISCONNECT; `publish_will` for MQTT 5 reason 0x04.
-    ClientDisconnect { publish_will: bool },
+    /// The client sent DISCONNECT; `publish_will` for MQTT 5 reason 0x04; an MQTT 5 client
+    /// may set a new session expiry interval.
+    ClientDisconnect {
+        publish_will: bool,
+        session_expiry: Option<u32>,
+    },
     /// The socket closed or failed without DISCONNECT.
     Lost,
     /// We close it, telling an MQTT 5 client why.
@@ -256,12 +261,42 @@ async fn accept<S: AsyncWrite + Unpin>(
         server_keep_alive = Some(max_keep_alive);
     }
 
+    // Session expiry: MQTT 5 asks for it (0, the default, ends the session with the
+    // connection); an MQTT 3.1.1 persistent session gets the configured maximum.
+    let max_expiry = shared.config.max_session_expiry;
+    let requested = match version {
+        ProtocolVersion::V5 => Duration::from_secs(u64::from(
+            connect.properties.session_expiry_interval.unwrap_or(0),
+        )),
+        _ if connect.clean_start => Duration::ZERO,
+        _ => max_expiry,
+    };
+    let expiry = requested.min(max_expiry);
+    let told_expiry = (version == ProtocolVersion::V5 && requested > max_expiry)
+        .then(|| u32::try_from(max_expiry.as_secs()).unwrap_or(u32::MAX - 1));
+
     let takeover = CancellationToken::new();
+    let finished = CancellationToken::new();
     let conn_id = shared.next_connection_id();
-    if let Some(old) = shared.register_client(&client_id, conn_id, takeover.clone()) {
+    if let Some(old) =
+        shared.register_client(&client_id, conn_id, takeover.clone(), finished.clone())
+    {
         tracing::info!(client_id = %client_id, "session taken over by a new connection");
-        old.cancel();
+        old.stop.cancel();
+        // The old connection parks its session on the way out; wait for it so this one can
+        // take the session over. A connection stuck writing is given up on after a while.
+        let _ = tokio::time::timeout(Duration::from_secs(5), old.finished.cancelled()).await;
     }
+    let parked = shared.sessions.take(&client_id);
+    let resumed = match parked {
+        Some(p) if !connect.clean_start => Some(p),
+        Some(p) => {
+            // Clean Start ends the old session, publishing its pending will.
+            end_session(p, shared).await;
+            None
+        }
+        None => None,
+    };
 
     let mut properties = Properties::default();
     if version == ProtocolVersion::V5 {
@@ -274,23 +309,56 @@ async fn accept<S: AsyncWrite + Unpin>(
         properties.shared_subscription_available = Some(1);
         properties.assigned_client_identifier = assigned;
         properties.server_keep_alive = server_keep_alive;
+        properties.session_expiry_interval = told_expiry;
     }
-    // Sessions are not kept across connections yet, so a session is never present.
     let ack = Packet::ConnAck(ConnAck {
-        session_present: false,
+        session_present: resumed.is_some(),
         reason_code: ReasonCode::SUCCESS,
         properties,
     });
     if write_packet(stream, &ack, version).await.is_err() {
         shared.unregister_client(&client_id, conn_id);
+        if let Some(p) = resumed {
+            // Not resumed after all: keep it for the next try.
+            shared.sessions.park(Arc::clone(&client_id), p);
+        }
+        finished.cancel();
         return None;
     }
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
     guard.connected(conn_id, peer);
     tracing::debug!(%peer, client_id = %client_id, principal = guard.principal(), ?version, "client connected");
 
-    let (tx, out_rx) = mpsc::channel(shared.config.session_queue);
-    let handle = shared.router.register_session(Arc::clone(&client_id), tx);
+    let (handle, out_rx, inflight_out, awaiting_rel, next_packet_id, next_seq) = match resumed {
+        Some(mut p) => {
+            // What the client may subscribe to can have changed while it was away.
+            let dropped = p.handle.retain_filters(|raw| guard.may_subscribe(raw));
+            if dropped > 0 {
+                tracing::info!(client_id = %client_id, dropped, "subscriptions no longer authorized removed on resume");
+            }
+            tracing::debug!(client_id = %client_id, inflight = p.inflight_out.len(), queued = p.out_rx.len(), "session resumed");
+            shared
+                .stats
+                .sessions_resumed
+                .fetch_add(1, Ordering::Relaxed);
+            (
+                p.handle,
+                p.out_rx,
+                p.inflight_out,
+                p.awaiting_rel,
+                p.next_packet_id,
+                p.next_seq,
+            )
+        }
+        None => {
+            let (tx, out_rx) = mpsc::channel(shared.config.session_queue);
+            let handle = shared.router.register_session(Arc::clone(&client_id), tx);
+            (handle, out_rx, HashMap::new(), HashSet::new(), 1, 0)
+        }
+    };
+    let will_delay = will.as_ref().map_or(Duration::ZERO, |(_, w)| {
+        Duration::from_secs(u64::from(w.properties.will_delay_interval.unwrap_or(0)))
+    });
     let client_receive_max = connect
         .properties
         .receive_maximum
@@ -305,12 +373,16 @@ async fn accept<S: AsyncWrite + Unpin>(
         handle,
         out_rx,
         takeover,
+        finished,
+        expiry,
         pending: FuturesOrdered::new(),
         inflight_in: 0,
-        awaiting_rel: HashSet::new(),
-        inflight_out: HashMap::new(),
+        awaiting_rel,
+        inflight_out,
         backlog: VecDeque::new(),
-        next_packet_id: 1,
+        next_packet_id,
+        next_seq,
+        will_delay,
         client_receive_max,
         client_max_packet: connect.properties.maximum_packet_size,
         aliases: HashMap::new(),
@@ -335,17 +407,26 @@ struct Session {
     out_rx: mpsc::Receiver<Outgoing>,
     /// Cancelled when another connection takes over the client id.
     takeover: CancellationToken,
+    /// Cancelled by us once the connection has ended and the session is parked or ended, so
+    /// a connection taking over can pick the session up.
+    finished: CancellationToken,
+    /// How long the session outlives the connection; zero ends it with the connection.
+    expiry: Duration,
+    /// MQTT 5 Will Delay Interval.
+    will_delay: Duration,
     /// Publishes waiting for their verdict, in arrival order (acks go out in that order).
     pending: FuturesOrdered<AckFuture>,
     /// QoS 1/2 publishes received and not yet acknowledged.
     inflight_in: usize,
     /// QoS 2 packet ids between our PUBREC and the client's PUBREL.
     awaiting_rel: HashSet<u16>,
-    /// QoS 1 deliveries sent and not yet PUBACKed.
-    inflight_out: HashMap<u16, Outgoing>,
+    /// QoS 1/2 deliveries sent and not yet completed (PUBACK, or PUBREC then PUBCOMP).
+    inflight_out: HashMap<u16, InFlight>,
     /// Retained messages to send after a SUBACK, ahead of live deliveries.
     backlog: VecDeque<Outgoing>,
     next_packet_id: u16,
+    /// Send order of in-flight deliveries.
+    next_seq: u64,
     client_receive_max: u16,
     client_max_packet: Option<u32>,
     /// MQTT 5 topic aliases the client set when publishing.
@@ -370,6 +451,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        self.resend_inflight(shared);
         let max_pending = usize::from(shared.config.receive_maximum) + 64;
         let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
         loop {
@@ -435,7 +517,43 @@ impl Session {
         match packet {
             Packet::Publish(p) => self.on_publish(p, shared),
             Packet::PubAck(a) => {
-                self.inflight_out.remove(&a.packet_id);
+                if self
+                    .inflight_out
+                    .get(&a.packet_id)
+                    .is_some_and(|f| f.out.qos == QoS::AtLeastOnce)
+                {
+                    self.inflight_out.remove(&a.packet_id);
+                }
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                let reason = match self.inflight_out.get_mut(&a.packet_id) {
+                    Some(f) if f.out.qos == QoS::ExactlyOnce => {
+                        if a.reason_code.is_error() {
+                            // The client refused the message: the flow ends here.
+                            self.inflight_out.remove(&a.packet_id);
+                            return Ok(());
+                        }
+                        f.released = true;
+                        ReasonCode::SUCCESS
+                    }
+                    _ => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                };
+                self.send(&Packet::PubRel(PubAck {
+                    packet_id: a.packet_id,
+                    reason_code: reason,
+                    properties: Properties::default(),
+                }));
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                if self
+                    .inflight_out
+                    .get(&a.packet_id)
+                    .is_some_and(|f| f.released)
+                {
+                    self.inflight_out.remove(&a.packet_id);
+                }
                 Ok(())
             }
             Packet::PubRel(r) => {
@@ -451,8 +569,6 @@ impl Session {
                 }));
                 Ok(())
             }
-            // We never send QoS 2, so PUBREC/PUBCOMP from a client refer to nothing.
-            Packet::PubRec(_) | Packet::PubComp(_) => Ok(()),
             Packet::Subscribe(s) => {
                 self.on_subscribe(s, shared);
                 Ok(())
@@ -465,9 +581,20 @@ impl Session {
                 self.send(&Packet::PingResp);
                 Ok(())
             }
-            Packet::Disconnect(d) => Err(Exit::ClientDisconnect {
-                publish_will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL,
-            }),
+            Packet::Disconnect(d) => {
+                let session_expiry = d.properties.session_expiry_interval;
+                if self.expiry.is_zero() && session_expiry.is_some_and(|e| e > 0) {
+                    // MQTT 5 3.14.2.2.2: a session that was to end may not be extended now.
+                    return Err(Exit::Close(
+                        ReasonCode::PROTOCOL_ERROR,
+                        "session expiry set on DISCONNECT after 0 on CONNECT",
+                    ));
+                }
+                Err(Exit::ClientDisconnect {
+                    publish_will: d.reason_code == ReasonCode::DISCONNECT_WITH_WILL,
+                    session_expiry,
+                })
+            }
             Packet::Auth(_) => Err(Exit::Close(
                 ReasonCode::PROTOCOL_ERROR,
                 "enhanced authentication is not supported",
@@ -667,8 +794,7 @@ impl Session {
                 reason_codes.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
-            // Deliveries to clients go out at QoS 0 or 1.
-            let granted = options.qos.min(QoS::AtLeastOnce);
+            let granted = options.qos;
             let sub_options = SubscribeOptions {
                 qos: granted,
                 no_local: options.no_local,
@@ -783,7 +909,54 @@ impl Session {
         self.send(&packet);
         shared.stats.publishes_out.fetch_add(1, Ordering::Relaxed);
         if let Some(id) = packet_id {
-            self.inflight_out.insert(id, out);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.inflight_out.insert(
+                id,
+                InFlight {
+                    seq,
+                    out,
+                    released: false,
+                },
+            );
+        }
+    }
+
+    /// After resuming a session: resend what was in flight, in the order first sent —
+    /// PUBREL for QoS 2 deliveries the client had received, else the PUBLISH with DUP set.
+    fn resend_inflight(&mut self, shared: &Arc<Shared>) {
+        let mut ids: Vec<(u64, u16)> = self
+            .inflight_out
+            .iter()
+            .map(|(id, f)| (f.seq, *id))
+            .collect();
+        ids.sort_unstable();
+        for (_, id) in ids {
+            let Some(f) = self.inflight_out.get(&id) else {
+                continue;
+            };
+            let packet = if f.released {
+                Packet::PubRel(PubAck::new(id))
+            } else {
+                let message = &f.out.message;
+                let mut properties = message.properties.clone();
+                if self.version == ProtocolVersion::V5 {
+                    properties.subscription_identifiers = f.out.subscription_ids.clone();
+                } else {
+                    properties = Properties::default();
+                }
+                Packet::Publish(Publish {
+                    dup: true,
+                    qos: f.out.qos,
+                    retain: f.out.retain,
+                    topic: message.topic.as_str().to_owned(),
+                    packet_id: Some(id),
+                    properties,
+                    payload: message.payload.clone(),
+                })
+            };
+            self.send(&packet);
+            shared.stats.redelivered.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -805,12 +978,20 @@ impl Session {
         shared: &Arc<Shared>,
     ) {
         let (reason, publish_will) = match &exit {
-            Exit::ClientDisconnect { publish_will } => (None, *publish_will),
+            Exit::ClientDisconnect { publish_will, .. } => (None, *publish_will),
             Exit::Lost => (None, true),
             Exit::Close(code, _) => (Some(*code), true),
             Exit::Shutdown => (Some(ReasonCode::SERVER_SHUTTING_DOWN), false),
             Exit::TakenOver => (Some(ReasonCode::SESSION_TAKEN_OVER), true),
         };
+        if let Exit::ClientDisconnect {
+            session_expiry: Some(secs),
+            ..
+        } = &exit
+        {
+            self.expiry =
+                Duration::from_secs(u64::from(*secs)).min(shared.config.max_session_expiry);
+        }
         // Acknowledgements already settled still go out on a clean close; unsettled ones
         // never do (the client resends them).
         if let Some(code) = reason
@@ -832,7 +1013,6 @@ impl Session {
             })
             .await;
         }
-        shared.unregister_client(&self.client_id, self.conn_id);
         tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?exit, "client disconnected");
         self.guard.disconnected(self.conn_id, exit.describe());
         if publish_will
@@ -846,19 +1026,129 @@ impl Session {
             tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), topic = %topic, "will not authorized; dropped");
             self.will = None;
         }
-        if publish_will && let Some((topic, will)) = self.will.take() {
-            let message = Message {
+        let will = match self.will.take() {
+            Some((topic, will)) if publish_will => Some(Message {
                 topic,
                 payload: will.payload,
                 qos: will.qos,
                 retain: will.retain,
-                properties: will.properties,
+                // The delay is the server's business; PUBLISH may not carry it.
+                properties: Properties {
+                    will_delay_interval: None,
+                    ..will.properties
+                },
                 publisher: Arc::clone(&self.client_id),
                 received_at: shared.clock.now(),
-            };
-            shared.router.publish(message).await;
+            }),
+            _ => None,
+        };
+        let Session {
+            client_id,
+            conn_id,
+            handle,
+            out_rx,
+            inflight_out,
+            awaiting_rel,
+            next_packet_id,
+            next_seq,
+            expiry,
+            will_delay,
+            finished,
+            ..
+        } = self;
+        if expiry.is_zero() {
+            // The session ends with the connection: unsubscribe, then the will.
+            drop(handle);
+            shared.unregister_client(&client_id, conn_id);
+            finished.cancel();
+            if let Some(will) = will {
+                shared.router.publish(will).await;
+            }
+            return;
         }
+        // The session outlives the connection: park it, then let a taker-over in.
+        let mut delayed_will = None;
+        if let Some(will) = will {
+            if will_delay.is_zero() {
+                shared.router.publish(will).await;
+            } else {
+                delayed_will = Some(will);
+            }
+        }
+        let has_will = delayed_will.is_some();
+        let generation = shared.sessions.generation();
+        let stale = shared.sessions.park(
+            Arc::clone(&client_id),
+            Parked {
+                generation,
+                handle,
+                out_rx,
+                inflight_out,
+                awaiting_rel,
+                next_packet_id,
+                next_seq,
+                will: delayed_will,
+            },
+        );
+        shared.unregister_client(&client_id, conn_id);
+        finished.cancel();
+        if let Some(stale) = stale {
+            end_session(stale, shared).await;
+        }
+        shared.stats.sessions_parked.fetch_add(1, Ordering::Relaxed);
+        spawn_session_timers(
+            shared,
+            client_id,
+            generation,
+            expiry,
+            has_will.then_some(will_delay),
+        );
     }
+}
+
+/// End a parked session: unsubscribe it and publish its pending will.
+async fn end_session(parked: Parked, shared: &Arc<Shared>) {
+    let Parked { handle, will, .. } = parked;
+    drop(handle);
+    if let Some(will) = will {
+        shared.router.publish(will).await;
+    }
+}
+
+/// The timers of a parked session: its expiry, and its will's delay if shorter.
+fn spawn_session_timers(
+    shared: &Arc<Shared>,
+    client_id: Arc<str>,
+    generation: u64,
+    expiry: Duration,
+    will_delay: Option<Duration>,
+) {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        if let Some(delay) = will_delay.filter(|d| *d < expiry) {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shared.shutdown.cancelled() => return,
+            }
+            if let Some(will) = shared.sessions.take_will(&client_id, generation) {
+                shared.router.publish(will).await;
+            }
+        }
+        let until = started.checked_add(expiry);
+        tokio::select! {
+            () = sleep_until(until) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        if let Some(parked) = shared.sessions.take_if(&client_id, generation) {
+            tracing::debug!(client_id = %client_id, "session expired");
+            shared
+                .stats
+                .sessions_expired
+                .fetch_add(1, Ordering::Relaxed);
+            end_session(parked, &shared).await;
+        }
+    });
 }
 
 /// A subscription filter, possibly shared: `$share/{share name}/{filter}`.

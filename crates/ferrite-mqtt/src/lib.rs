@@ -17,6 +17,7 @@ mod config;
 mod connection;
 pub mod router;
 mod server;
+mod session;
 mod tls;
 pub mod trie;
 

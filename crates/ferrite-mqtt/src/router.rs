@@ -475,6 +475,31 @@ impl SessionHandle {
         true
     }
 
+    /// Keep only the subscriptions whose filter (as the client wrote it, `$share/{share}/`
+    /// prefix included) passes `keep`; returns how many were removed.
+    pub fn retain_filters(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
+        let plain: Vec<TopicFilter> = self
+            .filters
+            .iter()
+            .filter(|f| !keep(f.as_str()))
+            .cloned()
+            .collect();
+        let shared: Vec<(String, TopicFilter)> = self
+            .shared
+            .keys()
+            .filter(|(share, f)| !keep(&format!("$share/{share}/{f}")))
+            .cloned()
+            .collect();
+        let removed = plain.len() + shared.len();
+        for f in &plain {
+            self.unsubscribe(f);
+        }
+        for (share, f) in &shared {
+            self.unsubscribe_shared(share, f);
+        }
+        removed
+    }
+
     /// The router this session is registered with.
     pub fn router(&self) -> &Router {
         &self.router

@@ -40,6 +40,14 @@ pub struct MqttStats {
     pub publishes_out: AtomicU64,
     /// Deliveries dropped because they exceeded the client's Maximum Packet Size.
     pub dropped_too_large: AtomicU64,
+    /// Sessions kept after their connection ended (Clean Start = 0, expiry > 0).
+    pub sessions_parked: AtomicU64,
+    /// Parked sessions taken back by a reconnecting client.
+    pub sessions_resumed: AtomicU64,
+    /// Parked sessions ended because their expiry interval passed.
+    pub sessions_expired: AtomicU64,
+    /// QoS 1/2 deliveries resent (DUP) or released again on session resume.
+    pub redelivered: AtomicU64,
     /// TLS handshakes that failed or timed out (bad or missing client certificates among them).
     pub tls_handshake_failed: AtomicU64,
 }
@@ -51,11 +59,24 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) stats: Arc<MqttStats>,
-    /// Live connection per client id, for session takeover. Touched on connect and close.
-    clients: Mutex<HashMap<Arc<str>, (u64, CancellationToken)>>,
+    /// Live connection per client id, for session takeover: its connection id, the token
+    /// that tells it to stop, and the token it cancels once it has ended (and parked its
+    /// session). Touched on connect and close.
+    clients: Mutex<HashMap<Arc<str>, LiveClient>>,
+    /// Sessions whose connection ended, kept for the client's return.
+    pub(crate) sessions: crate::session::Sessions,
     next_connection: AtomicU64,
     /// The TLS listener's acceptor; replaced by [`MqttHandle::reload_tls`].
     tls: Option<std::sync::RwLock<TlsAcceptor>>,
+}
+
+/// The live connection of one client id.
+pub(crate) struct LiveClient {
+    conn: u64,
+    /// Cancelled to make the connection stop (takeover).
+    pub(crate) stop: CancellationToken,
+    /// Cancelled by the connection once it has finished, its session parked or ended.
+    pub(crate) finished: CancellationToken,
 }
 
 impl Shared {
@@ -63,23 +84,30 @@ impl Shared {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Record `conn` as the live connection of `client_id`; returns the previous one's token.
+    /// Record `conn` as the live connection of `client_id` (stopped through `stop`, which
+    /// cancels `finished` when done); returns the previous live connection, if any.
     pub(crate) fn register_client(
         &self,
         client_id: &Arc<str>,
         conn: u64,
-        token: CancellationToken,
-    ) -> Option<CancellationToken> {
+        stop: CancellationToken,
+        finished: CancellationToken,
+    ) -> Option<LiveClient> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients
-            .insert(Arc::clone(client_id), (conn, token))
-            .map(|(_, t)| t)
+        clients.insert(
+            Arc::clone(client_id),
+            LiveClient {
+                conn,
+                stop,
+                finished,
+            },
+        )
     }
 
     /// Forget `conn` as `client_id`'s live connection, unless a newer one replaced it.
     pub(crate) fn unregister_client(&self, client_id: &Arc<str>, conn: u64) {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        if clients.get(client_id).is_some_and(|(c, _)| *c == conn) {
+        if clients.get(client_id).is_some_and(|c| c.conn == conn) {
             clients.remove(client_id);
         }
     }
@@ -173,6 +201,7 @@ impl MqttServer {
             shutdown,
             stats: Arc::default(),
             clients: Mutex::default(),
+            sessions: crate::session::Sessions::default(),
             next_connection: AtomicU64::new(1),
             tls: acceptor,
             config,
@@ -234,6 +263,11 @@ impl MqttServer {
     /// Clients connected now.
     pub fn connected(&self) -> usize {
         self.shared.connected()
+    }
+
+    /// Sessions kept for clients that are not connected now.
+    pub fn parked_sessions(&self) -> usize {
+        self.shared.sessions.len()
     }
 
     /// Wait until the accept loop and every connection task ended (after shutdown).

@@ -1,6 +1,8 @@
 //! The gateway alone, over real TCP: malformed input closes the connection with the right
 //! reason and never takes the server down; durable internal consumers gate the PUBACK; the
-//! authenticator's guard decides every publish and subscription and can end a session.
+//! authenticator's guard decides every publish and subscription and can end a session;
+//! persistent sessions keep subscriptions, queue while offline, resend what was in flight,
+//! expire, and delay wills; QoS 2 flows both ways.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -77,16 +79,7 @@ impl Raw {
         client_id: &str,
         password: Option<&[u8]>,
     ) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut decoder = Decoder::new(1 << 20);
-        decoder.set_version(version);
-        let mut raw = Self {
-            stream,
-            rbuf: BytesMut::new(),
-            decoder,
-            version,
-        };
-        raw.send(&Packet::Connect(Connect {
+        let connect = Connect {
             protocol: version,
             clean_start: true,
             keep_alive: 30,
@@ -95,13 +88,29 @@ impl Raw {
             username: password.map(|_| client_id.to_owned()),
             password: password.map(|p| p.to_vec().into()),
             properties: Properties::default(),
-        }))
-        .await;
+        };
+        let (raw, ack) = Self::open(addr, connect).await;
+        assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+        raw
+    }
+
+    /// Send `connect` and return the CONNACK.
+    async fn open(addr: SocketAddr, connect: Connect) -> (Self, ferrite_mqtt_codec::ConnAck) {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let version = connect.protocol;
+        let mut decoder = Decoder::new(1 << 20);
+        decoder.set_version(version);
+        let mut raw = Self {
+            stream,
+            rbuf: BytesMut::new(),
+            decoder,
+            version,
+        };
+        raw.send(&Packet::Connect(connect)).await;
         match raw.next().await {
-            Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::SUCCESS),
+            Some(Packet::ConnAck(a)) => (raw, a),
             other => panic!("expected CONNACK, got {other:?}"),
         }
-        raw
     }
 
     async fn send(&mut self, p: &Packet) {
@@ -537,5 +546,278 @@ async fn the_guard_decides_publishes_and_subscriptions_with_each_versions_answer
     })
     .await
     .expect("disconnect hook runs");
+    shutdown.cancel();
+}
+
+/// A CONNECT for a persistent session (MQTT 5: Session Expiry Interval `expiry` seconds).
+fn persistent(version: ProtocolVersion, client_id: &str, expiry: u32) -> Connect {
+    let mut properties = Properties::default();
+    if version == ProtocolVersion::V5 {
+        properties.session_expiry_interval = Some(expiry);
+    }
+    Connect {
+        protocol: version,
+        clean_start: false,
+        keep_alive: 30,
+        client_id: client_id.to_owned(),
+        will: None,
+        username: None,
+        password: None,
+        properties,
+    }
+}
+
+fn subscribe_qos(filter: &str, qos: QoS) -> Packet {
+    Packet::Subscribe(ferrite_mqtt_codec::Subscribe {
+        packet_id: 7,
+        filters: vec![(
+            filter.to_owned(),
+            ferrite_mqtt_codec::SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        )],
+        properties: Properties::default(),
+    })
+}
+
+fn publish_qos(topic: &str, id: u16, qos: QoS, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.to_owned(),
+        packet_id: (qos != QoS::AtMostOnce).then_some(id),
+        payload: bytes::Bytes::from_static(payload),
+        properties: Properties::default(),
+    })
+}
+
+impl Raw {
+    /// Publish at QoS 1 and return the PUBACK's reason code.
+    async fn publish_acked(&mut self, topic: &str, id: u16, payload: &'static [u8]) -> ReasonCode {
+        self.send(&publish_qos(topic, id, QoS::AtLeastOnce, payload))
+            .await;
+        match self.next().await {
+            Some(Packet::PubAck(a)) => {
+                assert_eq!(a.packet_id, id);
+                a.reason_code
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+
+    async fn expect_publish(&mut self) -> Publish {
+        match self.next().await {
+            Some(Packet::Publish(p)) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    async fn disconnect(mut self) {
+        self.send(&Packet::Disconnect(ferrite_mqtt_codec::Disconnect::new(
+            ReasonCode::SUCCESS,
+        )))
+        .await;
+        assert!(
+            self.next().await.is_none(),
+            "server closes after DISCONNECT"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_session_keeps_its_subscriptions_and_queues_while_offline() {
+    let (server, shutdown) = start(Router::new(100)).await;
+    let addr = server.local_addr();
+    let mut publisher = Raw::connect(addr, ProtocolVersion::V5).await;
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        let id = format!("keeper-{version:?}");
+        let (mut sub, ack) = Raw::open(addr, persistent(version, &id, 60)).await;
+        assert!(!ack.session_present, "{version:?}: a new session");
+        sub.send(&subscribe_qos("queue/#", QoS::AtLeastOnce)).await;
+        assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+        sub.disconnect().await;
+        assert_eq!(server.parked_sessions(), 1, "{version:?}");
+
+        for (i, payload) in [&b"one"[..], b"two", b"three"].into_iter().enumerate() {
+            let code = publisher
+                .publish_acked("queue/a", 10 + i as u16, payload)
+                .await;
+            assert_eq!(code, ReasonCode::SUCCESS, "the offline session matches");
+        }
+        let (mut sub, ack) = Raw::open(addr, persistent(version, &id, 60)).await;
+        assert!(ack.session_present, "{version:?}: the session is resumed");
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let p = sub.expect_publish().await;
+            assert_eq!(p.qos, QoS::AtLeastOnce);
+            got.push(p.payload.clone());
+            sub.send(&Packet::PubAck(ferrite_mqtt_codec::PubAck::new(
+                p.packet_id.unwrap(),
+            )))
+            .await;
+        }
+        assert_eq!(
+            got,
+            [&b"one"[..], b"two", b"three"],
+            "{version:?}: in order"
+        );
+        // Still subscribed without subscribing again.
+        publisher.publish_acked("queue/b", 20, b"live").await;
+        assert_eq!(sub.expect_publish().await.payload, &b"live"[..]);
+        drop(sub);
+
+        // Clean Start ends the session: nothing is subscribed any more.
+        let mut clean = persistent(version, &id, 0);
+        clean.clean_start = true;
+        let (fresh, ack) = Raw::open(addr, clean).await;
+        assert!(!ack.session_present, "{version:?}");
+        let code = publisher.publish_acked("queue/c", 30, b"gone").await;
+        assert_eq!(code, ReasonCode::NO_MATCHING_SUBSCRIBERS, "{version:?}");
+        fresh.disconnect().await;
+    }
+    assert_eq!(server.parked_sessions(), 0);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn unacknowledged_deliveries_are_resent_with_dup_on_resume() {
+    let (server, shutdown) = start(Router::new(100)).await;
+    let addr = server.local_addr();
+    let mut publisher = Raw::connect(addr, ProtocolVersion::V5).await;
+    let (mut sub, _) = Raw::open(addr, persistent(ProtocolVersion::V5, "resender", 60)).await;
+    sub.send(&subscribe_qos("r/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+    publisher.publish_acked("r/1", 1, b"first").await;
+    let first = sub.expect_publish().await;
+    assert!(!first.dup);
+    // The connection drops before the client acknowledges.
+    drop(sub);
+    let (mut sub, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "resender", 60)).await;
+    assert!(ack.session_present);
+    let again = sub.expect_publish().await;
+    assert!(again.dup, "a resend carries DUP");
+    assert_eq!(again.packet_id, first.packet_id, "with the same packet id");
+    assert_eq!(again.payload, first.payload);
+    sub.send(&Packet::PubAck(ferrite_mqtt_codec::PubAck::new(
+        again.packet_id.unwrap(),
+    )))
+    .await;
+    drop(sub);
+    // Acknowledged now: the next resume resends nothing; a live message comes first.
+    let (mut sub, _) = Raw::open(addr, persistent(ProtocolVersion::V5, "resender", 60)).await;
+    publisher.publish_acked("r/2", 2, b"second").await;
+    let next = sub.expect_publish().await;
+    assert_eq!(next.payload, &b"second"[..]);
+    assert!(!next.dup);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn qos2_is_delivered_exactly_once_through_pubrec_pubrel_pubcomp() {
+    let (server, shutdown) = start(Router::new(100)).await;
+    let addr = server.local_addr();
+    let mut publisher = Raw::connect(addr, ProtocolVersion::V5).await;
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        let id = format!("exactly-{version:?}");
+        let (mut sub, _) = Raw::open(addr, persistent(version, &id, 60)).await;
+        sub.send(&subscribe_qos("q2/#", QoS::ExactlyOnce)).await;
+        match sub.next().await {
+            Some(Packet::SubAck(a)) => assert_eq!(a.reason_codes, [ReasonCode(2)], "QoS 2 granted"),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        // Inbound QoS 2 from the publisher: PUBREC, PUBREL, PUBCOMP.
+        publisher
+            .send(&publish_qos("q2/x", 5, QoS::ExactlyOnce, b"once"))
+            .await;
+        assert!(matches!(publisher.next().await, Some(Packet::PubRec(a)) if a.packet_id == 5));
+        publisher
+            .send(&Packet::PubRel(ferrite_mqtt_codec::PubAck::new(5)))
+            .await;
+        assert!(matches!(publisher.next().await, Some(Packet::PubComp(a)) if a.packet_id == 5));
+
+        let p = sub.expect_publish().await;
+        assert_eq!(p.qos, QoS::ExactlyOnce, "{version:?}");
+        let pid = p.packet_id.unwrap();
+        sub.send(&Packet::PubRec(ferrite_mqtt_codec::PubAck::new(pid)))
+            .await;
+        assert!(matches!(sub.next().await, Some(Packet::PubRel(a)) if a.packet_id == pid));
+        // Lost before PUBCOMP: the resumed session releases again instead of resending.
+        drop(sub);
+        let (mut sub, ack) = Raw::open(addr, persistent(version, &id, 60)).await;
+        assert!(ack.session_present);
+        assert!(
+            matches!(sub.next().await, Some(Packet::PubRel(a)) if a.packet_id == pid),
+            "{version:?}: PUBREL resent, not the message"
+        );
+        sub.send(&Packet::PubComp(ferrite_mqtt_codec::PubAck::new(pid)))
+            .await;
+        publisher
+            .send(&publish_qos("q2/y", 6, QoS::AtLeastOnce, b"after"))
+            .await;
+        assert!(matches!(publisher.next().await, Some(Packet::PubAck(_))));
+        let p = sub.expect_publish().await;
+        assert_eq!(
+            p.payload,
+            &b"after"[..],
+            "{version:?}: no duplicate of the QoS 2 message"
+        );
+        sub.disconnect().await;
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_delayed_will_waits_and_is_dropped_when_the_client_returns() {
+    let (server, shutdown) = start(Router::new(100)).await;
+    let addr = server.local_addr();
+    let mut watcher = Raw::connect(addr, ProtocolVersion::V5).await;
+    watcher.subscribe("wills/#").await;
+    let with_will = |id: &str, delay: u32, expiry: u32| {
+        let mut c = persistent(ProtocolVersion::V5, id, expiry);
+        let mut properties = Properties::default();
+        properties.will_delay_interval = Some(delay);
+        c.will = Some(ferrite_mqtt_codec::Will {
+            topic: format!("wills/{id}"),
+            payload: bytes::Bytes::from(id.to_owned()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties,
+        });
+        c
+    };
+
+    // Lost connection, will delay 1 s: the will comes, but not before the delay.
+    let (dev, _) = Raw::open(addr, with_will("late", 1, 60)).await;
+    let lost_at = std::time::Instant::now();
+    drop(dev);
+    let will = watcher.expect_publish().await;
+    assert_eq!(will.payload, &b"late"[..]);
+    assert!(
+        lost_at.elapsed() >= Duration::from_millis(900),
+        "published after its delay"
+    );
+
+    // The session ends (expiry 1 s) before the will delay (60 s): the will goes at expiry,
+    // and the session is gone.
+    let (dev, _) = Raw::open(addr, with_will("expiring", 60, 1)).await;
+    drop(dev);
+    assert_eq!(watcher.expect_publish().await.payload, &b"expiring"[..]);
+    let (back, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "expiring", 60)).await;
+    assert!(!ack.session_present, "the session expired");
+    back.disconnect().await;
+
+    // The client returns within the delay: no will, ever.
+    let (dev, _) = Raw::open(addr, with_will("returning", 1, 60)).await;
+    drop(dev);
+    let (back, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "returning", 60)).await;
+    assert!(ack.session_present);
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), watcher.next()).await;
+    assert!(
+        quiet.is_err(),
+        "no will after the client came back: {quiet:?}"
+    );
+    back.disconnect().await;
     shutdown.cancel();
 }

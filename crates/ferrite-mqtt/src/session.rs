@@ -1,0 +1,107 @@
+//! Sessions that outlive their connection.
+//!
+//! A client that connects with Clean Start = 0 (MQTT 3.1.1: Clean Session = 0) and, in MQTT 5,
+//! a non-zero Session Expiry Interval keeps its session when the connection ends: its
+//! subscriptions stay in the router, messages for it keep queueing (bounded by
+//! `mqtt.session_queue`; when full, new deliveries are dropped and counted), and QoS 1/2
+//! deliveries it had not acknowledged are kept. The connection task *parks* that state here;
+//! the next connection with the same client id and Clean Start = 0 takes it back, resends
+//! what was in flight (PUBLISH with DUP, or PUBREL) and goes on with the queue.
+//!
+//! A parked session ends when its expiry interval passes (capped by
+//! `mqtt.max_session_expiry`), or when a connection with Clean Start = 1 arrives for its
+//! client id; either way its will, if still pending, is published. A will with a delay
+//! interval waits in the parked session until the delay passes or the session ends, and is
+//! dropped if the client comes back first (MQTT 5 3.1.3.2.2).
+//!
+//! Parked sessions live in memory: a restart of the server ends them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::mpsc;
+
+use crate::router::{Message, Outgoing, SessionHandle};
+
+/// A QoS 1 or 2 delivery sent to the client and not yet completed.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    /// Order in which deliveries were sent, so a resumed session resends them in order.
+    pub(crate) seq: u64,
+    /// The delivery (its QoS says which acknowledgement completes it).
+    pub(crate) out: Outgoing,
+    /// QoS 2: the client sent PUBREC and we sent PUBREL; waiting for PUBCOMP.
+    pub(crate) released: bool,
+}
+
+/// The state of a session whose connection ended, waiting for the client to return.
+pub(crate) struct Parked {
+    /// Distinguishes this parking from a later one of the same client id (timers check it).
+    pub(crate) generation: u64,
+    /// The session's subscriptions, still registered with the router.
+    pub(crate) handle: SessionHandle,
+    /// Deliveries queued while offline.
+    pub(crate) out_rx: mpsc::Receiver<Outgoing>,
+    pub(crate) inflight_out: HashMap<u16, InFlight>,
+    pub(crate) awaiting_rel: HashSet<u16>,
+    pub(crate) next_packet_id: u16,
+    pub(crate) next_seq: u64,
+    /// A will waiting for its delay interval.
+    pub(crate) will: Option<Message>,
+}
+
+/// Parked sessions by client id. Touched by connection tasks (park, resume, discard) and by
+/// the expiry and will-delay timers; each holds the lock only to move an entry in or out.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    parked: Mutex<HashMap<Arc<str>, Parked>>,
+    next_generation: std::sync::atomic::AtomicU64,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Parked>> {
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new generation number for a parking.
+    pub(crate) fn generation(&self) -> u64 {
+        self.next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Park `session` under `client_id`. A session already parked there (which cannot
+    /// normally happen: a connection takes the parked one over first) is returned.
+    pub(crate) fn park(&self, client_id: Arc<str>, session: Parked) -> Option<Parked> {
+        self.lock().insert(client_id, session)
+    }
+
+    /// Take the parked session of `client_id` out, if any.
+    pub(crate) fn take(&self, client_id: &str) -> Option<Parked> {
+        self.lock().remove(client_id)
+    }
+
+    /// Take the parked session out only if it is still the parking `generation`.
+    pub(crate) fn take_if(&self, client_id: &str, generation: u64) -> Option<Parked> {
+        let mut parked = self.lock();
+        if parked.get(client_id)?.generation == generation {
+            parked.remove(client_id)
+        } else {
+            None
+        }
+    }
+
+    /// Take the delayed will out of the parking `generation`, leaving the session parked.
+    pub(crate) fn take_will(&self, client_id: &str, generation: u64) -> Option<Message> {
+        let mut parked = self.lock();
+        let session = parked.get_mut(client_id)?;
+        if session.generation != generation {
+            return None;
+        }
+        session.will.take()
+    }
+
+    /// Number of parked sessions.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
