@@ -776,8 +776,10 @@ async fn a_delayed_will_waits_and_is_dropped_when_the_client_returns() {
     watcher.subscribe("wills/#").await;
     let with_will = |id: &str, delay: u32, expiry: u32| {
         let mut c = persistent(ProtocolVersion::V5, id, expiry);
-        let mut properties = Properties::default();
-        properties.will_delay_interval = Some(delay);
+        let properties = Properties {
+            will_delay_interval: Some(delay),
+            ..Default::default()
+        };
         c.will = Some(ferrite_mqtt_codec::Will {
             topic: format!("wills/{id}"),
             payload: bytes::Bytes::from(id.to_owned()),
