@@ -3,7 +3,7 @@
 # register a device with `ferrite device add` (admin token from the banner) and publish with
 # its token, publish with mosquitto_pub (MQTT 5, 3.1.1, over TLS with an openssl-made CA, and
 # with a client certificate from the fleet's CA), enroll a device with a claim token, publish
-# over HTTP with device credentials, watch a presence event,
+# over HTTP with device credentials, watch a presence event, resume a persistent session,
 # receive with mosquitto_sub, query with curl,
 # kill -9 right after the PUBACK, restart, and check the rows are still there.
 # Talks only to 127.0.0.1; every wait is bounded.
@@ -68,6 +68,18 @@ mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -r -t devices/d1/telemetry
 mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv311 -q 1 -t devices/d2/telemetry -m '{"temperature":19.25,"door":"open"}' || fail "mosquitto_pub v3.1.1"
 wait "$sub" || fail "mosquitto_sub got nothing"
 grep -q '"temperature":21.5' "$work/sub" || fail "subscriber got: $(cat "$work/sub")"
+
+# Persistent sessions: subscribe with Clean Start = 0, go away, a message is queued for the
+# session, and the returning client gets it without subscribing again (MQTT 5 and 3.1.1).
+for v in mqttv5 mqttv311; do
+  expiry=""; [ "$v" = mqttv5 ] && expiry="-x 300"
+  mosquitto_sub -h 127.0.0.1 -p "$mport" -V "$v" -c $expiry -i "keeper-$v" -q 1 -t "smoke/queue/$v" -E \
+    || fail "persistent subscribe ($v)"
+  mosquitto_pub -h 127.0.0.1 -p "$mport" -V "$v" -q 1 -t "smoke/queue/$v" -m "queued-$v" || fail "publish to an offline session ($v)"
+  got=$(timeout 15 mosquitto_sub -h 127.0.0.1 -p "$mport" -V "$v" -c $expiry -i "keeper-$v" -q 1 -t "smoke/queue/$v" -C 1 -W 10) \
+    || fail "the returning client got nothing ($v)"
+  [ "$got" = "queued-$v" ] || fail "the returning client got '$got' ($v)"
+done
 
 # MQTT over TLS with the operator's CA.
 mosquitto_pub -h localhost -p "$tport" --cafile "$work/ca.pem" -V mqttv5 -q 1 -t devices/d4/telemetry \

@@ -278,15 +278,19 @@ async fn accept<S: AsyncWrite + Unpin>(
     let takeover = CancellationToken::new();
     let finished = CancellationToken::new();
     let conn_id = shared.next_connection_id();
-    if let Some(old) =
-        shared.register_client(&client_id, conn_id, takeover.clone(), finished.clone())
-    {
+    let old = shared.register_client(&client_id, conn_id, takeover.clone(), finished.clone());
+    let took_over = old.is_some();
+    if let Some(old) = old {
         tracing::info!(client_id = %client_id, "session taken over by a new connection");
+        // Known as connected before the old connection reports its end, so presence sees a
+        // takeover, never a false offline.
+        guard.connected(conn_id, peer);
         old.stop.cancel();
         // The old connection parks its session on the way out; wait for it so this one can
         // take the session over. A connection stuck writing is given up on after a while.
         let _ = tokio::time::timeout(Duration::from_secs(5), old.finished.cancelled()).await;
     }
+    let announced = took_over;
     let parked = shared.sessions.take(&client_id);
     let resumed = match parked {
         Some(p) if !connect.clean_start => Some(p),
@@ -322,11 +326,16 @@ async fn accept<S: AsyncWrite + Unpin>(
             // Not resumed after all: keep it for the next try.
             shared.sessions.park(Arc::clone(&client_id), p);
         }
+        if announced {
+            guard.disconnected(conn_id, "connection lost");
+        }
         finished.cancel();
         return None;
     }
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-    guard.connected(conn_id, peer);
+    if !announced {
+        guard.connected(conn_id, peer);
+    }
     tracing::debug!(%peer, client_id = %client_id, principal = guard.principal(), ?version, "client connected");
 
     let (handle, out_rx, inflight_out, awaiting_rel, next_packet_id, next_seq) = match resumed {

@@ -9,8 +9,10 @@
 //! settled the message.
 //!
 //! Who may connect is decided behind the [`Authenticator`] trait. The wire format is
-//! `ferrite-mqtt-codec`'s. Not yet here: persistent sessions across connections, outbound
-//! QoS 2, will delay. MQTT over WebSocket enters through [`MqttHandle`] from the HTTP API.
+//! `ferrite-mqtt-codec`'s. Sessions with Clean Start = 0 outlive their connection (`session`:
+//! subscriptions kept, messages queued, in-flight QoS 1/2 resent on resume, expiry, delayed
+//! wills) — in memory: a restart ends them. MQTT over WebSocket enters through
+//! [`MqttHandle`] from the HTTP API.
 
 mod auth;
 mod config;
