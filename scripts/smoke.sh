@@ -33,6 +33,7 @@ openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key
 start() {
   FERRITE_MQTT_TLS_CERT="$work/server.pem" FERRITE_MQTT_TLS_KEY="$work/server.key" \
     "$bin" serve --data-dir "$work/data" --mqtt-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    --pg-listen 127.0.0.1:0 \
     --set mqtt.tls.listen=127.0.0.1:0 --set mqtt.tls.client_ca=fleet --set mqtt.tls.client_auth=optional \
     --anonymous loopback >"$work/out" 2>"$work/err" &
   pid=$!

@@ -161,6 +161,12 @@ impl Queries {
         values: Vec<ScalarValue>,
         format: Option<&Format>,
     ) -> PgWireResult<Response> {
+        if !session.principal.can(ferrite_fleet::Permission::Query) {
+            return Err(user_error(
+                "42501",
+                format!("the {:?} role may not run queries", session.principal.role),
+            ));
+        }
         let prepared = match stmt {
             Statement::Query(p) => p,
             Statement::Command(c) => return Ok(answer_command(c, fields(stmt, format))),
