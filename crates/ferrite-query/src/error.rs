@@ -50,7 +50,9 @@ impl QueryError {
             | DataFusionError::Shared(_)
             | DataFusionError::ObjectStore(_) => Self::Internal(e.to_string()),
             DataFusionError::Plan(msg)
-                if msg.contains("not supported") && msg.contains("Statement") =>
+                if ["Statement", "DDL", "DML"]
+                    .iter()
+                    .any(|k| msg.starts_with(&format!("{k} not supported"))) =>
             {
                 Self::NotAllowed(e.to_string())
             }
