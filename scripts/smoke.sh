@@ -4,7 +4,7 @@
 # its token, publish with mosquitto_pub (MQTT 5, 3.1.1, over TLS with an openssl-made CA, and
 # with a client certificate from the fleet's CA), enroll a device with a claim token, publish
 # over HTTP with device credentials, watch a presence event,
-# receive with mosquitto_sub, query with curl,
+# receive with mosquitto_sub, query with curl and with psql (PostgreSQL wire protocol),
 # kill -9 right after the PUBACK, restart, and check the rows are still there.
 # Talks only to 127.0.0.1; every wait is bounded.
 set -euo pipefail
@@ -118,6 +118,18 @@ echo "$answer" | grep -q '"device_id":"d1","temperature":21.5' || fail "query: $
 echo "$answer" | grep -q '"device_id":"d2","temperature":19.25' || fail "query: $answer"
 echo "$answer" | grep -q '"device_id":"d4","temperature":5.5' || fail "query (TLS row): $answer"
 echo "$answer" | grep -q '"device_id":"d5","temperature":7.25' || fail "query (token row): $answer"
+
+# SQL over the PostgreSQL wire protocol with psql: password = an API token; a wrong one is refused.
+pg=$(grep -o 'postgres://[0-9.:]*' "$work/out" | head -1 | sed 's|postgres://||')
+pgport=${pg##*:}
+psql_rows=$(PGPASSWORD="$admin" PGCONNECT_TIMEOUT=10 psql -h 127.0.0.1 -p "$pgport" -U ferrite -d ferrite -At -F ' ' \
+  -c "SELECT device_id, temperature FROM telemetry WHERE device_id IN ('d1', 'd2') ORDER BY device_id") \
+  || fail "psql query"
+[ "$psql_rows" = $'d1 21.5\nd2 19.25' ] || fail "psql rows: $psql_rows"
+if PGPASSWORD=fa_nonsense PGCONNECT_TIMEOUT=10 psql -h 127.0.0.1 -p "$pgport" -U ferrite -d ferrite -c 'SELECT 1' 2>"$work/pgbad" >/dev/null; then
+  fail "psql with a bad token was accepted"
+fi
+grep -q 'Password authentication failed' "$work/pgbad" || fail "psql bad token: $(cat "$work/pgbad")"
 
 # kill -9 right after a PUBACK, then restart: the row is still there.
 mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t devices/d3/telemetry -m '{"temperature":-4.5}' || fail "mosquitto_pub before kill"

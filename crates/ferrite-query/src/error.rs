@@ -65,7 +65,9 @@ impl QueryError {
             {
                 Self::Unknown(e.to_string())
             }
-            DataFusionError::Plan(msg) if msg.starts_with("table '") && msg.ends_with("not found") => {
+            DataFusionError::Plan(msg)
+                if msg.starts_with("table '") && msg.ends_with("not found") =>
+            {
                 Self::Unknown(e.to_string())
             }
             DataFusionError::NotImplemented(_) => Self::Unsupported(e.to_string()),

@@ -92,7 +92,11 @@ fn fatal(code: &str, message: String) -> PgWireError {
 
 #[async_trait]
 impl StartupHandler for Startup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
@@ -135,7 +139,10 @@ impl StartupHandler for Startup {
                 }
             }
             _ => {
-                if matches!(client.state(), PgWireConnectionState::AuthenticationInProgress) {
+                if matches!(
+                    client.state(),
+                    PgWireConnectionState::AuthenticationInProgress
+                ) {
                     Err(PgWireError::InvalidStartupMessage)
                 } else {
                     Ok(())

@@ -57,9 +57,8 @@ pub(crate) fn classify(sql: &str) -> Result<Option<Command>, String> {
         "close" => Command::Tag("CLOSE CURSOR"),
         "show" => {
             let name = words[1..].join(" ");
-            let value = show(&name).ok_or_else(|| {
-                format!("unrecognized configuration parameter \"{name}\"")
-            })?;
+            let value = show(&name)
+                .ok_or_else(|| format!("unrecognized configuration parameter \"{name}\""))?;
             Command::Show {
                 name: name.replace(' ', "_"),
                 value,
@@ -172,13 +171,25 @@ mod tests {
 
     #[test]
     fn session_statements_are_recognised() {
-        assert_eq!(classify("SET extra_float_digits = 3").unwrap(), Some(Command::Set));
+        assert_eq!(
+            classify("SET extra_float_digits = 3").unwrap(),
+            Some(Command::Set)
+        );
         assert_eq!(classify("begin;").unwrap(), Some(Command::Begin));
-        assert_eq!(classify("START TRANSACTION READ ONLY").unwrap(), Some(Command::Begin));
+        assert_eq!(
+            classify("START TRANSACTION READ ONLY").unwrap(),
+            Some(Command::Begin)
+        );
         assert_eq!(classify("COMMIT").unwrap(), Some(Command::Commit));
         assert_eq!(classify("rollback").unwrap(), Some(Command::Rollback));
-        assert_eq!(classify("SELECT version()").unwrap(), Some(Command::Version));
-        assert_eq!(classify("select VERSION ( )").unwrap(), Some(Command::Version));
+        assert_eq!(
+            classify("SELECT version()").unwrap(),
+            Some(Command::Version)
+        );
+        assert_eq!(
+            classify("select VERSION ( )").unwrap(),
+            Some(Command::Version)
+        );
         assert_eq!(
             classify("SHOW TimeZone").unwrap(),
             Some(Command::Show {
@@ -197,14 +208,14 @@ mod tests {
             split_statements("BEGIN; SELECT 'a;b', \"c;\" FROM t -- x;y\n; COMMIT;"),
             ["BEGIN", "SELECT 'a;b', \"c;\" FROM t -- x;y", "COMMIT"]
         );
-        assert_eq!(split_statements("select 'it''s;'; /* ; */ select 2"), [
-            "select 'it''s;'",
-            "/* ; */ select 2"
-        ]);
-        assert_eq!(split_statements("select $$a;b$$; select $1"), [
-            "select $$a;b$$",
-            "select $1"
-        ]);
+        assert_eq!(
+            split_statements("select 'it''s;'; /* ; */ select 2"),
+            ["select 'it''s;'", "/* ; */ select 2"]
+        );
+        assert_eq!(
+            split_statements("select $$a;b$$; select $1"),
+            ["select $$a;b$$", "select $1"]
+        );
         assert!(split_statements(" ; ;").is_empty());
     }
 }

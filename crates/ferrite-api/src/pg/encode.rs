@@ -23,10 +23,9 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{
-    DataType, Date32Type, Date64Type, Float16Type, Float32Type, Float64Type, Int8Type,
-    Int16Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type,
-    UInt16Type, UInt32Type, UInt64Type,
+    DataType, Date32Type, Date64Type, Float16Type, Float32Type, Float64Type, Int8Type, Int16Type,
+    Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -259,7 +258,12 @@ impl<'a> Column<'a> {
     }
 
     /// Append the encoding of the (non-null) value in `row`.
-    fn write(&self, row: usize, out: &mut BytesMut, scratch: &mut String) -> Result<(), ArrowError> {
+    fn write(
+        &self,
+        row: usize,
+        out: &mut BytesMut,
+        scratch: &mut String,
+    ) -> Result<(), ArrowError> {
         use std::fmt::Write as _;
         scratch.clear();
         match self {
@@ -487,9 +491,9 @@ pub(crate) fn numeric_binary(text: &str, out: &mut BytesMut) {
 }
 
 fn digits_value(digits: &str) -> i16 {
-    digits
-        .bytes()
-        .fold(0i16, |acc, b| acc * 10 + i16::from(b.wrapping_sub(b'0') % 10))
+    digits.bytes().fold(0i16, |acc, b| {
+        acc * 10 + i16::from(b.wrapping_sub(b'0') % 10)
+    })
 }
 
 #[cfg(test)]
@@ -538,11 +542,8 @@ mod tests {
             Arc::new(schema),
             vec![
                 Arc::new(
-                    TimestampNanosecondArray::from(vec![
-                        1_767_225_600_123_456_789,
-                        -1_000,
-                    ])
-                    .with_timezone("UTC"),
+                    TimestampNanosecondArray::from(vec![1_767_225_600_123_456_789, -1_000])
+                        .with_timezone("UTC"),
                 ),
                 Arc::new(tags),
                 Arc::new(Float64Array::from(vec![Some(21.5), Some(f64::INFINITY)])),
@@ -559,7 +560,11 @@ mod tests {
     #[test]
     fn types_follow_the_arrow_columns() {
         let schema = batch().schema();
-        let types: Vec<Type> = schema.fields().iter().map(|f| pg_type(f.data_type())).collect();
+        let types: Vec<Type> = schema
+            .fields()
+            .iter()
+            .map(|f| pg_type(f.data_type()))
+            .collect();
         assert_eq!(
             types,
             [

@@ -115,17 +115,20 @@ fn decode_text(text: &str, ty: &Type) -> Result<ScalarValue, String> {
         Type::INT2 => ScalarValue::Int16(Some(t.parse().map_err(|_| bad("smallint"))?)),
         Type::INT4 => ScalarValue::Int32(Some(t.parse().map_err(|_| bad("integer"))?)),
         Type::INT8 => ScalarValue::Int64(Some(t.parse().map_err(|_| bad("bigint"))?)),
-        Type::FLOAT4 => ScalarValue::Float32(Some(parse_float(t).ok_or_else(|| bad("real"))? as f32)),
+        Type::FLOAT4 => {
+            ScalarValue::Float32(Some(parse_float(t).ok_or_else(|| bad("real"))? as f32))
+        }
         Type::FLOAT8 => {
             ScalarValue::Float64(Some(parse_float(t).ok_or_else(|| bad("double precision"))?))
         }
         Type::TIMESTAMP | Type::TIMESTAMPTZ | Type::DATE => {
             let target = match *ty {
-                Type::TIMESTAMP => DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
-                Type::TIMESTAMPTZ => DataType::Timestamp(
-                    arrow::datatypes::TimeUnit::Microsecond,
-                    Some("UTC".into()),
-                ),
+                Type::TIMESTAMP => {
+                    DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None)
+                }
+                Type::TIMESTAMPTZ => {
+                    DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()))
+                }
                 _ => DataType::Date32,
             };
             ScalarValue::Utf8(Some(normalize_offset(t)))
@@ -167,7 +170,7 @@ fn normalize_offset(t: &str) -> String {
 }
 
 fn unhex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())
@@ -182,7 +185,13 @@ mod tests {
     use super::*;
 
     fn text(v: &str, ty: &Type) -> ScalarValue {
-        decode(0, Some(&Bytes::copy_from_slice(v.as_bytes())), FieldFormat::Text, ty).unwrap()
+        decode(
+            0,
+            Some(&Bytes::copy_from_slice(v.as_bytes())),
+            FieldFormat::Text,
+            ty,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -197,11 +206,21 @@ mod tests {
         let ts = ScalarValue::TimestampMicrosecond(Some(1_767_225_600_000_000), Some("UTC".into()));
         assert_eq!(text("2026-01-01 00:00:00+00", &Type::TIMESTAMPTZ), ts);
         assert_eq!(text("2026-01-01T00:00:00Z", &Type::TIMESTAMPTZ), ts);
-        assert_eq!(text("\\x00ff", &Type::BYTEA), ScalarValue::Binary(Some(vec![0, 255])));
-        assert!(decode(2, Some(&Bytes::from_static(b"x")), FieldFormat::Text, &Type::INT4)
+        assert_eq!(
+            text("\\x00ff", &Type::BYTEA),
+            ScalarValue::Binary(Some(vec![0, 255]))
+        );
+        assert!(
+            decode(
+                2,
+                Some(&Bytes::from_static(b"x")),
+                FieldFormat::Text,
+                &Type::INT4
+            )
             .unwrap_err()
             .to_string()
-            .starts_with("parameter $3"));
+            .starts_with("parameter $3")
+        );
     }
 
     #[test]
@@ -213,15 +232,27 @@ mod tests {
             bin(&0i64.to_be_bytes(), &Type::TIMESTAMPTZ),
             ScalarValue::TimestampMicrosecond(Some(PG_EPOCH_MICROS), Some("UTC".into()))
         );
-        assert_eq!(bin(&1.5f64.to_be_bytes(), &Type::FLOAT8), ScalarValue::Float64(Some(1.5)));
+        assert_eq!(
+            bin(&1.5f64.to_be_bytes(), &Type::FLOAT8),
+            ScalarValue::Float64(Some(1.5))
+        );
         assert_eq!(bin(&[1], &Type::BOOL), ScalarValue::Boolean(Some(true)));
-        assert_eq!(bin(b"abc", &Type::TEXT), ScalarValue::Utf8(Some("abc".into())));
+        assert_eq!(
+            bin(b"abc", &Type::TEXT),
+            ScalarValue::Utf8(Some("abc".into()))
+        );
         assert_eq!(
             decode(0, None, FieldFormat::Binary, &Type::INT4).unwrap(),
             ScalarValue::Int32(None)
         );
         assert!(
-            decode(0, Some(&Bytes::from_static(b"12")), FieldFormat::Binary, &Type::INT4).is_err()
+            decode(
+                0,
+                Some(&Bytes::from_static(b"12")),
+                FieldFormat::Binary,
+                &Type::INT4
+            )
+            .is_err()
         );
     }
 }

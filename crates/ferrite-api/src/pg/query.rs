@@ -221,7 +221,10 @@ fn rows(
         match next? {
             Ok(batch) => match encoder.encode(&batch) {
                 Ok(rows) => Some((Ok(rows), Some((stream, encoder, cancel)))),
-                Err(e) => Some((Err(user_error("XX000", format!("encoding the answer: {e}"))), None)),
+                Err(e) => Some((
+                    Err(user_error("XX000", format!("encoding the answer: {e}"))),
+                    None,
+                )),
             },
             Err(e) => Some((Err(e), None)),
         }
@@ -331,7 +334,10 @@ fn user_error(code: &str, message: String) -> PgWireError {
 }
 
 fn cancelled() -> PgWireError {
-    user_error("57014", "canceling statement due to user request".to_owned())
+    user_error(
+        "57014",
+        "canceling statement due to user request".to_owned(),
+    )
 }
 
 /// An engine error as a PostgreSQL error with its SQLSTATE.
@@ -351,5 +357,14 @@ pub(crate) fn query_error(e: QueryError) -> PgWireError {
         }
         QueryError::Invalid(_) => "42000",
     };
-    user_error(code, e.to_string())
+    let message = e.to_string();
+    let mut info = ErrorInfo::new("ERROR".to_owned(), code.to_owned(), message);
+    if info.message.contains("pg_catalog") {
+        info.hint = Some(
+            "Ferrite has no pg_catalog (psql's \\d commands use it); \
+             list tables and columns from information_schema.tables and information_schema.columns"
+                .to_owned(),
+        );
+    }
+    PgWireError::UserError(Box::new(info))
 }

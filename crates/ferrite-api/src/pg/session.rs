@@ -19,7 +19,7 @@ pub(crate) struct Session {
     pub(crate) principal: ApiPrincipal,
     /// Cancels the query running now; replaced at the start of every query. Shared with the
     /// registry entry, which a CancelRequest (another connection's task) cancels through.
-    current: Arc<Mutex<CancellationToken>>,
+    current: CurrentQuery,
     /// Removes the registry entry when the connection ends.
     _registration: Registration,
 }
@@ -33,12 +33,15 @@ impl Session {
     }
 }
 
+/// The token of a session's running query, swapped at each query start.
+type CurrentQuery = Arc<Mutex<CancellationToken>>;
+
 /// The live sessions by process id, shared by every connection of one listener.
 #[derive(Default)]
 pub(crate) struct Sessions {
     /// pid → (secret key, current query token). Written at startup and when a connection
     /// ends, read by CancelRequests.
-    map: Mutex<HashMap<i32, (Bytes, Arc<Mutex<CancellationToken>>)>>,
+    map: Mutex<HashMap<i32, (Bytes, CurrentQuery)>>,
 }
 
 impl Sessions {
