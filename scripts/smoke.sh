@@ -4,7 +4,7 @@
 # its token, publish with mosquitto_pub (MQTT 5, 3.1.1, over TLS with an openssl-made CA, and
 # with a client certificate from the fleet's CA), enroll a device with a claim token, publish
 # over HTTP with device credentials, watch a presence event, resume a persistent session,
-# receive with mosquitto_sub, query with curl,
+# receive with mosquitto_sub, query with curl and with psql (PostgreSQL wire protocol),
 # kill -9 right after the PUBACK, restart, and check the rows are still there.
 # Talks only to 127.0.0.1; every wait is bounded.
 set -euo pipefail
@@ -33,6 +33,7 @@ openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key
 start() {
   FERRITE_MQTT_TLS_CERT="$work/server.pem" FERRITE_MQTT_TLS_KEY="$work/server.key" \
     "$bin" serve --data-dir "$work/data" --mqtt-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    --pg-listen 127.0.0.1:0 \
     --set mqtt.tls.listen=127.0.0.1:0 --set mqtt.tls.client_ca=fleet --set mqtt.tls.client_auth=optional \
     --anonymous loopback >"$work/out" 2>"$work/err" &
   pid=$!
@@ -129,6 +130,21 @@ echo "$answer" | grep -q '"device_id":"d1","temperature":21.5' || fail "query: $
 echo "$answer" | grep -q '"device_id":"d2","temperature":19.25' || fail "query: $answer"
 echo "$answer" | grep -q '"device_id":"d4","temperature":5.5' || fail "query (TLS row): $answer"
 echo "$answer" | grep -q '"device_id":"d5","temperature":7.25' || fail "query (token row): $answer"
+
+# SQL over the PostgreSQL wire protocol with psql, as the README shows it. (This server admits
+# loopback clients anonymously, so the password is not asked for; token refusal (28P01) is
+# covered by crates/ferrite-server/tests/pg.rs.)
+pg=$(grep -o 'postgres://[0-9.:]*' "$work/out" | head -1 | sed 's|postgres://||')
+pgport=${pg##*:}
+psql_rows=$(PGPASSWORD="$admin" PGCONNECT_TIMEOUT=10 psql -h 127.0.0.1 -p "$pgport" -U ferrite -d ferrite -At -F ' ' \
+  -c "SELECT device_id, temperature FROM telemetry WHERE device_id IN ('d1', 'd2') ORDER BY device_id") \
+  || fail "psql query"
+[ "$psql_rows" = $'d1 21.5\nd2 19.25' ] || fail "psql rows: $psql_rows"
+# A syntax error is an ERROR and the same session answers the next statement.
+psql_err=$(PGCONNECT_TIMEOUT=10 psql -h 127.0.0.1 -p "$pgport" -U ferrite -d ferrite -At \
+  -c "SELEC 1" -c "SELECT count(*) FROM telemetry" 2>&1) || true
+echo "$psql_err" | grep -q 'ERROR:.*ParserError' || fail "psql bad SQL: $psql_err"
+echo "$psql_err" | tail -1 | grep -qx '[0-9][0-9]*' || fail "psql after an error: $psql_err"
 
 # kill -9 right after a PUBACK, then restart: the row is still there.
 mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t devices/d3/telemetry -m '{"temperature":-4.5}' || fail "mosquitto_pub before kill"

@@ -104,24 +104,60 @@ pub(crate) async fn access(
             .or_else(|| v.strip_prefix("Token "))
             .map(|t| t.trim().to_owned())
     });
-    let principal = match (presented, &state.fleet) {
-        (Some(token), Some(fleet)) => match fleet.verify_api_token(&token) {
-            Ok(Some(p)) => p,
-            Ok(None) => return unauthorized("unknown or revoked API token"),
-            Err(e) => return fleet_error(&e),
-        },
-        (Some(_), None) => return unauthorized("this server has no API tokens"),
-        (None, _) if state.anonymous.admits(peer) => ApiPrincipal {
-            token_id: "anonymous".to_owned(),
-            name: "anonymous".to_owned(),
-            role: Role::Admin,
-        },
-        (None, _) => {
+    let principal = match resolve_principal(
+        state.fleet.as_ref(),
+        state.anonymous,
+        presented.as_deref(),
+        peer,
+    ) {
+        Ok(p) => p,
+        Err(AccessRefusal::Fleet(e)) => return fleet_error(&e),
+        Err(AccessRefusal::UnknownToken) => return unauthorized("unknown or revoked API token"),
+        Err(AccessRefusal::NoTokens) => return unauthorized("this server has no API tokens"),
+        Err(AccessRefusal::TokenRequired) => {
             return unauthorized("an API token is required: Authorization: Bearer <token>");
         }
     };
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// Why a caller of the API (HTTP or PostgreSQL wire) was not let in.
+#[derive(Debug)]
+pub(crate) enum AccessRefusal {
+    /// The token is not an active API token.
+    UnknownToken,
+    /// A token was presented but this server has no token registry.
+    NoTokens,
+    /// No token, and anonymous access does not admit the caller.
+    TokenRequired,
+    /// The registry could not be asked.
+    Fleet(FleetError),
+}
+
+/// Who the caller at `peer` presenting `token` (or none) is, under the `anonymous` policy:
+/// the one access rule shared by HTTP and the PostgreSQL wire protocol. A presented token
+/// is always checked; without one, an admitted anonymous caller is an admin.
+pub(crate) fn resolve_principal(
+    fleet: Option<&Fleet>,
+    anonymous: Anonymous,
+    token: Option<&str>,
+    peer: SocketAddr,
+) -> Result<ApiPrincipal, AccessRefusal> {
+    match (token, fleet) {
+        (Some(token), Some(fleet)) => match fleet.verify_api_token(token) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(AccessRefusal::UnknownToken),
+            Err(e) => Err(AccessRefusal::Fleet(e)),
+        },
+        (Some(_), None) => Err(AccessRefusal::NoTokens),
+        (None, _) if anonymous.admits(peer) => Ok(ApiPrincipal {
+            token_id: "anonymous".to_owned(),
+            name: "anonymous".to_owned(),
+            role: Role::Admin,
+        }),
+        (None, _) => Err(AccessRefusal::TokenRequired),
+    }
 }
 
 /// Check HTTP Basic device credentials exactly like an MQTT CONNECT (brute-force limiter,

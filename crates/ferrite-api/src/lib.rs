@@ -18,9 +18,11 @@
 //!
 //! Access: bearer API tokens with roles on every endpoint but `/healthz` and `/mqtt`
 //! ([`fleet::access`]); anonymous callers only where [`Anonymous`] allows.
-//! Not here yet: pgwire, streaming of large results.
+//! The same engine and access rules also answer over the PostgreSQL wire protocol ([`pg`]).
+//! Not here yet: streaming of large HTTP results.
 
 pub mod fleet;
+pub mod pg;
 mod publish;
 pub mod rules;
 pub mod security;

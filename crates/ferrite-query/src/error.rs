@@ -12,6 +12,15 @@ pub enum QueryError {
     /// (for example a cast that cannot be done). The message says which.
     #[error("{0}")]
     Invalid(String),
+    /// The SQL does not parse.
+    #[error("{0}")]
+    Syntax(String),
+    /// The SQL names a table or column that does not exist.
+    #[error("{0}")]
+    Unknown(String),
+    /// The SQL uses a feature the engine does not implement.
+    #[error("{0}")]
+    Unsupported(String),
     /// The statement is not a query (DDL, DML, SET …); Ferrite's SQL is read-only.
     #[error("{0}")]
     NotAllowed(String),
@@ -41,10 +50,27 @@ impl QueryError {
             | DataFusionError::Shared(_)
             | DataFusionError::ObjectStore(_) => Self::Internal(e.to_string()),
             DataFusionError::Plan(msg)
-                if msg.contains("not supported") && msg.contains("Statement") =>
+                if ["Statement", "DDL", "DML"]
+                    .iter()
+                    .any(|k| msg.starts_with(&format!("{k} not supported"))) =>
             {
                 Self::NotAllowed(e.to_string())
             }
+            DataFusionError::SQL(..) => Self::Syntax(e.to_string()),
+            DataFusionError::SchemaError(err, _)
+                if matches!(
+                    err.as_ref(),
+                    datafusion::common::SchemaError::FieldNotFound { .. }
+                ) =>
+            {
+                Self::Unknown(e.to_string())
+            }
+            DataFusionError::Plan(msg)
+                if msg.starts_with("table '") && msg.ends_with("not found") =>
+            {
+                Self::Unknown(e.to_string())
+            }
+            DataFusionError::NotImplemented(_) => Self::Unsupported(e.to_string()),
             _ => Self::Invalid(e.to_string()),
         }
     }
@@ -53,9 +79,12 @@ impl QueryError {
 impl Classify for QueryError {
     fn kind(&self) -> ErrorKind {
         match self {
-            QueryError::Invalid(_) | QueryError::NotAllowed(_) | QueryError::TooManyRows(_) => {
-                ErrorKind::InvalidInput
-            }
+            QueryError::Invalid(_)
+            | QueryError::Syntax(_)
+            | QueryError::Unsupported(_)
+            | QueryError::NotAllowed(_)
+            | QueryError::TooManyRows(_) => ErrorKind::InvalidInput,
+            QueryError::Unknown(_) => ErrorKind::NotFound,
             QueryError::Timeout(_) | QueryError::ResourcesExhausted(_) => ErrorKind::Unavailable,
             QueryError::Internal(_) => ErrorKind::Internal,
         }

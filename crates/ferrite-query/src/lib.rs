@@ -9,12 +9,20 @@
 //! time ranges, then by row-group and page statistics) united with the in-memory rows of the
 //! queried time range.
 //!
+//! Besides one-shot [`QueryEngine::sql`], statements can be prepared once
+//! ([`QueryEngine::prepare`] → [`Prepared`], with its answer's columns and the types of its
+//! `$1`… placeholders) and executed with bound parameter values as a stream of record batches
+//! ([`QueryEngine::execute`] → [`QueryStream`], under the same time and row limits). Parameter
+//! values are bound into the plan, never spliced into SQL text.
+//!
 //! Does not format results for any wire (HTTP JSON, pgwire): that is the API's job.
 
 mod error;
 mod table;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,11 +33,14 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ferrite_store::Store;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+pub use datafusion::arrow::datatypes::DataType;
+pub use datafusion::common::ScalarValue;
 pub use error::QueryError;
 
 /// Query settings (`[query]` in the config file).
@@ -130,19 +141,130 @@ impl QueryEngine {
             .unwrap_or(Err(QueryError::Timeout(self.config.timeout)))
     }
 
-    async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
-        let options = SQLOptions::new()
+    /// The options every statement is checked against: queries only.
+    fn options() -> SQLOptions {
+        SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
-            .with_allow_statements(false);
+            .with_allow_statements(false)
+    }
+
+    async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream, QueryError> {
         let df = self
             .ctx
-            .sql_with_options(sql, options)
+            .sql_with_options(sql, Self::options())
             .await
             .map_err(QueryError::from_datafusion)?;
         df.execute_stream()
             .await
             .map_err(QueryError::from_datafusion)
+    }
+
+    /// Plan one read-only SQL statement whose values may be `$1`, `$2`… placeholders, to be
+    /// run by [`QueryEngine::execute`] (possibly many times, with different values).
+    pub async fn prepare(&self, sql: &str) -> Result<Prepared, QueryError> {
+        let work = async {
+            let plan = self
+                .ctx
+                .state()
+                .create_logical_plan(sql)
+                .await
+                .map_err(QueryError::from_datafusion)?;
+            Self::options()
+                .verify_plan(&plan)
+                .map_err(QueryError::from_datafusion)?;
+            let mut params: Vec<(usize, Option<DataType>)> = Vec::new();
+            for (id, ty) in plan
+                .get_parameter_types()
+                .map_err(QueryError::from_datafusion)?
+            {
+                let index = id
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        QueryError::Invalid(format!(
+                            "parameter {id}: only positional parameters $1, $2, ... are supported"
+                        ))
+                    })?;
+                params.push((index, ty));
+            }
+            let count = params.iter().map(|(i, _)| *i).max().unwrap_or(0);
+            let mut param_types = vec![None; count];
+            for (i, ty) in params {
+                param_types[i - 1] = ty;
+            }
+            let schema = Arc::new(plan.schema().as_arrow().clone());
+            Ok(Prepared {
+                plan,
+                schema,
+                param_types,
+            })
+        };
+        tokio::time::timeout(self.config.timeout, work)
+            .await
+            .unwrap_or(Err(QueryError::Timeout(self.config.timeout)))
+    }
+
+    /// Run a prepared statement with `params` bound to its placeholders (`params[0]` is
+    /// `$1`), as a stream of record batches. Values are cast to the type the plan expects
+    /// where it has one. The stream ends with an error once the answer passes
+    /// `query.max_rows` or the query runs past `query.timeout` (counted from this call).
+    pub async fn execute(
+        &self,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryStream, QueryError> {
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        if params.len() != prepared.param_types.len() {
+            return Err(QueryError::Invalid(format!(
+                "the statement has {} parameter(s), {} value(s) were bound",
+                prepared.param_types.len(),
+                params.len()
+            )));
+        }
+        let mut values = Vec::with_capacity(params.len());
+        for (i, (value, ty)) in params.into_iter().zip(&prepared.param_types).enumerate() {
+            values.push(match ty {
+                Some(ty) if &value.data_type() != ty => value.cast_to(ty).map_err(|e| {
+                    QueryError::Invalid(format!(
+                        "parameter ${}: cannot use {value} as {ty}: {e}",
+                        i + 1
+                    ))
+                })?,
+                _ => value,
+            });
+        }
+        let plan = if values.is_empty() {
+            prepared.plan.clone()
+        } else {
+            prepared
+                .plan
+                .clone()
+                .with_param_values(values)
+                .map_err(QueryError::from_datafusion)?
+        };
+        let work = async {
+            let df = self
+                .ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(QueryError::from_datafusion)?;
+            df.execute_stream()
+                .await
+                .map_err(QueryError::from_datafusion)
+        };
+        let inner = tokio::time::timeout_at(deadline, work)
+            .await
+            .unwrap_or(Err(QueryError::Timeout(self.config.timeout)))?;
+        Ok(QueryStream {
+            inner,
+            rows: 0,
+            max_rows: self.config.max_rows,
+            timeout: self.config.timeout,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            done: false,
+        })
     }
 
     async fn collect(
@@ -161,6 +283,87 @@ impl QueryEngine {
             batches.push(batch);
         }
         Ok(QueryResult { schema, batches })
+    }
+}
+
+/// A planned statement, ready to run with parameter values ([`QueryEngine::execute`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    plan: LogicalPlan,
+    schema: SchemaRef,
+    /// Type of `$1`, `$2`… as far as planning could infer it.
+    param_types: Vec<Option<DataType>>,
+}
+
+impl Prepared {
+    /// Columns of the answer.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Types of the placeholders `$1`, `$2`…, in order; `None` where planning could not
+    /// infer one (the value is then used as bound).
+    pub fn param_types(&self) -> &[Option<DataType>] {
+        &self.param_types
+    }
+}
+
+/// The answer of [`QueryEngine::execute`], batch by batch, within the query limits.
+/// Dropping it cancels the query.
+pub struct QueryStream {
+    inner: SendableRecordBatchStream,
+    /// Rows yielded so far, against `max_rows`.
+    rows: usize,
+    max_rows: usize,
+    timeout: Duration,
+    /// Fires at `query.timeout` after the query started.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Set after an error: the stream is over.
+    done: bool,
+}
+
+impl QueryStream {
+    /// Columns of the answer.
+    pub fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+impl std::fmt::Debug for QueryStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryStream")
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for QueryStream {
+    type Item = Result<RecordBatch, QueryError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(QueryError::Timeout(self.timeout))));
+        }
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                self.rows += batch.num_rows();
+                if self.rows > self.max_rows {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(QueryError::TooManyRows(self.max_rows))));
+                }
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(QueryError::from_datafusion(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

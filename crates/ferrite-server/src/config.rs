@@ -31,6 +31,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// HTTP API.
     pub http: HttpConfig,
+    /// SQL over the PostgreSQL wire protocol.
+    pub pg: PgConfig,
     /// Telemetry ingestion from the router into the store.
     pub ingest: IngestConfig,
     /// Time-series store.
@@ -69,6 +71,28 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[pg]`: the PostgreSQL wire protocol listener (psql, drivers, Grafana).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgConfig {
+    /// Whether to listen at all.
+    pub enabled: bool,
+    /// Address of the listener (5433: 5432 is usually a real PostgreSQL).
+    pub listen: SocketAddr,
+    /// Connections served at once; more wait in the OS backlog until one ends.
+    pub max_connections: usize,
+}
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            max_connections: 256,
+        }
+    }
+}
+
 /// `[ingest]`: the telemetry consumer between router and store.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -101,6 +125,9 @@ impl Config {
         }
         if self.http.max_body_bytes < 1024 {
             errs.push("http.max_body_bytes must be at least 1024".to_owned());
+        }
+        if self.pg.max_connections == 0 {
+            errs.push("pg.max_connections must be at least 1".to_owned());
         }
         if self.ingest.queue == 0 {
             errs.push("ingest.queue must be at least 1".to_owned());
@@ -225,6 +252,7 @@ pub fn load(sources: &ConfigSources) -> Result<(Config, Option<PathBuf>), Config
             "auth" => section(value, &mut config.auth, &key, &mut errs),
             "mqtt" => section(value, &mut config.mqtt, &key, &mut errs),
             "http" => section(value, &mut config.http, &key, &mut errs),
+            "pg" => section(value, &mut config.pg, &key, &mut errs),
             "ingest" => section(value, &mut config.ingest, &key, &mut errs),
             "store" => section(value, &mut config.store, &key, &mut errs),
             "query" => section(value, &mut config.query, &key, &mut errs),
@@ -390,6 +418,7 @@ mod tests {
             ("FERRITE_FLEET_LIMITER_PER_IP_BURST", "5"),
             ("FERRITE_AUTH_ANONYMOUS", "any"),
             ("FERRITE_HTTP_MAX_BODY_BYTES", "2048"),
+            ("FERRITE_PG_MAX_CONNECTIONS", "17"),
             ("FERRITE_INGEST_QUEUE", "3"),
             ("FERRITE_STORE_WRITE_QUEUE", "9"),
             ("FERRITE_QUERY_MAX_ROWS", "11"),
@@ -407,6 +436,7 @@ mod tests {
         assert_eq!(c.fleet.limiter.per_ip.burst, 5);
         assert_eq!(c.auth.anonymous, ferrite_api::Anonymous::Any);
         assert_eq!(c.http.max_body_bytes, 2048);
+        assert_eq!(c.pg.max_connections, 17);
         assert_eq!(c.ingest.queue, 3);
         assert_eq!(c.store.write_queue, 9);
         assert_eq!(c.query.max_rows, 11);
@@ -420,7 +450,7 @@ mod tests {
         assert_eq!(
             top,
             [
-                "auth", "data_dir", "fleet", "http", "ingest", "mqtt", "query", "store"
+                "auth", "data_dir", "fleet", "http", "ingest", "mqtt", "pg", "query", "store"
             ],
             "a new section needs a line in `load` and in this test"
         );

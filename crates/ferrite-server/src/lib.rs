@@ -2,7 +2,7 @@
 //!
 //! Owns startup and shutdown of the whole system from one [`Config`]: opens the store
 //! (replaying its WAL), builds the router, subscribes the telemetry consumer to it, starts the
-//! MQTT gateway, the rules engine and the HTTP API, and on [`Server::shutdown`] stops them in the order that
+//! MQTT gateway, the rules engine, the HTTP API and the PostgreSQL wire protocol, and on [`Server::shutdown`] stops them in the order that
 //! loses nothing (listeners first, then the consumer drains, then the store's last group
 //! commit). The binary, the end-to-end tests and the benchmarks all start Ferrite through
 //! [`Server::start`].
@@ -67,6 +67,14 @@ pub enum ServerError {
         /// What is wrong.
         message: String,
     },
+    /// The PostgreSQL wire protocol listener could not be bound.
+    #[error("cannot listen for PostgreSQL clients on {addr}: {source}")]
+    PgBind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The HTTP listener could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}")]
     HttpBind {
@@ -86,6 +94,8 @@ pub struct Server {
     /// Fleet event watcher and presence flusher; stop with `shutdown`.
     background: TaskTracker,
     http_addr: SocketAddr,
+    /// Where the PostgreSQL wire protocol listens; `None` when `pg.enabled` is off.
+    pg_addr: Option<SocketAddr>,
     store: Arc<Store>,
     ingest_stats: Arc<IngestStats>,
     replay: ReplayReport,
@@ -94,6 +104,8 @@ pub struct Server {
     shutdown: CancellationToken,
     /// The HTTP server task.
     http: TaskTracker,
+    /// The PostgreSQL wire protocol accept loop (which ends its connections at shutdown).
+    pg: TaskTracker,
     /// The ingest consumer and its per-write tasks.
     ingest: TaskTracker,
     /// The rules engine; stopped before the ingest consumer drains (its tasks hold the router).
@@ -216,7 +228,7 @@ impl Server {
             &shutdown,
         )?;
 
-        let app = ferrite_api::router(ApiState {
+        let state = ApiState {
             query,
             store: Arc::clone(&store),
             max_body_bytes: config.http.max_body_bytes,
@@ -225,7 +237,32 @@ impl Server {
             anonymous: config.auth.anonymous,
             router: Some(router),
             rules: Some(Arc::new(rules.clone())),
-        });
+        };
+        let pg = TaskTracker::new();
+        let pg_addr = if config.pg.enabled {
+            let listener = TcpListener::bind(config.pg.listen)
+                .await
+                .map_err(|source| ServerError::PgBind {
+                    addr: config.pg.listen,
+                    source,
+                })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| ServerError::PgBind {
+                    addr: config.pg.listen,
+                    source,
+                })?;
+            pg.spawn(ferrite_api::pg::serve(
+                listener,
+                state.clone(),
+                config.pg.max_connections,
+                shutdown.clone(),
+            ));
+            Some(addr)
+        } else {
+            None
+        };
+        let app = ferrite_api::router(state);
         let listener = TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| ServerError::HttpBind {
@@ -251,12 +288,14 @@ impl Server {
             bootstrap_token,
             background,
             http_addr,
+            pg_addr,
             store,
             ingest_stats,
             replay,
             data_dir,
             shutdown,
             http,
+            pg,
             ingest,
             rules,
         })
@@ -286,6 +325,11 @@ impl Server {
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where the PostgreSQL wire protocol listens, unless `pg.enabled` is off.
+    pub fn pg_addr(&self) -> Option<SocketAddr> {
+        self.pg_addr
     }
 
     /// The absolute data folder.
@@ -325,6 +369,8 @@ impl Server {
         self.mqtt.wait().await;
         self.http.close();
         self.http.wait().await;
+        self.pg.close();
+        self.pg.wait().await;
         // Rule tasks hold the router; they go before the ingest consumer can see it end.
         self.rules.stop().await;
         // Connections are gone; the router (held by them and the gateway) is dropped with the

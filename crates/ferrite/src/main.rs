@@ -142,6 +142,9 @@ struct Overrides {
     /// HTTP listen address [config: http.listen].
     #[arg(long, value_name = "ADDR")]
     http_listen: Option<String>,
+    /// PostgreSQL wire protocol listen address [config: pg.listen].
+    #[arg(long, value_name = "ADDR")]
+    pg_listen: Option<String>,
     /// Admit MQTT clients and API calls without credentials: off, loopback or any
     /// [config: auth.anonymous].
     #[arg(long, value_name = "WHO", value_parser = ["off", "loopback", "any"])]
@@ -409,6 +412,9 @@ fn load_config(
     if let Some(a) = &o.http_listen {
         overrides.push(("http.listen".to_owned(), a.clone()));
     }
+    if let Some(a) = &o.pg_listen {
+        overrides.push(("pg.listen".to_owned(), a.clone()));
+    }
     if let Some(a) = &o.anonymous {
         overrides.push(("auth.anonymous".to_owned(), a.clone()));
     }
@@ -470,6 +476,14 @@ async fn serve(config: Config) -> ExitCode {
         banner,
         "  HTTP API        http://{http}  (GET /healthz, POST /api/v1/query)"
     );
+    if let Some(pg) = server.pg_addr() {
+        let _ = writeln!(
+            banner,
+            "  PostgreSQL wire postgres://{pg}  (psql -h {} -p {} -U ferrite; password: an API token)",
+            pg.ip(),
+            pg.port()
+        );
+    }
     let _ = writeln!(
         banner,
         "  data folder     {}  ({} WAL records replayed)",

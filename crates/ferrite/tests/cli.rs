@@ -44,6 +44,8 @@ fn serve_with(data: &Path, anonymous: &str) -> Running {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--pg-listen",
+            "127.0.0.1:0",
             "--log",
             "warn",
             "--anonymous",

@@ -25,6 +25,7 @@ pub fn config(dir: &Path, anonymous: ferrite_api::Anonymous) -> Config {
     config.data_dir = dir.to_owned();
     config.mqtt.listen = "127.0.0.1:0".parse().unwrap();
     config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.pg.listen = "127.0.0.1:0".parse().unwrap();
     config.auth.anonymous = anonymous;
     config
 }
