@@ -27,6 +27,7 @@ use ferrite_mqtt::{MqttServer, Router};
 use ferrite_query::QueryEngine;
 use ferrite_store::{ReplayReport, Store};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -96,6 +97,8 @@ pub struct Server {
     http_addr: SocketAddr,
     /// Where the PostgreSQL wire protocol listens; `None` when `pg.enabled` is off.
     pg_addr: Option<SocketAddr>,
+    /// Counts the pgwire queries started (each one cancellable from then on).
+    pg_started: watch::Receiver<u64>,
     store: Arc<Store>,
     ingest_stats: Arc<IngestStats>,
     replay: ReplayReport,
@@ -239,6 +242,7 @@ impl Server {
             rules: Some(Arc::new(rules.clone())),
         };
         let pg = TaskTracker::new();
+        let (started, pg_started) = watch::channel(0);
         let pg_addr = if config.pg.enabled {
             let listener = TcpListener::bind(config.pg.listen)
                 .await
@@ -256,6 +260,7 @@ impl Server {
                 listener,
                 state.clone(),
                 config.pg.max_connections,
+                started,
                 shutdown.clone(),
             ));
             Some(addr)
@@ -289,6 +294,7 @@ impl Server {
             background,
             http_addr,
             pg_addr,
+            pg_started,
             store,
             ingest_stats,
             replay,
@@ -330,6 +336,12 @@ impl Server {
     /// Where the PostgreSQL wire protocol listens, unless `pg.enabled` is off.
     pub fn pg_addr(&self) -> Option<SocketAddr> {
         self.pg_addr
+    }
+
+    /// The number of PostgreSQL wire queries started so far; it changes as soon as a new
+    /// query can be cancelled.
+    pub fn pg_queries_started(&self) -> watch::Receiver<u64> {
+        self.pg_started.clone()
     }
 
     /// The absolute data folder.

@@ -338,18 +338,18 @@ async fn anonymous_loopback_limits_and_cancel() {
     // A CancelRequest ends the running query with 57014; the session goes on.
     let cancel = client.cancel_token();
     let slow = "SELECT count(*) FROM range(1000000000000) a WHERE a.value % 7 = 3";
+    let mut started = server.pg_queries_started();
+    let before = *started.borrow_and_update();
     let query = client.simple_query(slow);
     tokio::pin!(query);
     let outcome = tokio::time::timeout(WAIT, async {
-        loop {
-            tokio::select! {
-                r = &mut query => return r,
-                // Until the query is running a cancel finds nothing to cancel: ask again.
-                () = tokio::time::sleep(Duration::from_millis(200)) => {
-                    cancel.cancel_query(NoTls).await.unwrap();
-                }
-            }
+        tokio::select! {
+            r = &mut query => return r,
+            // Until the query is running a cancel would find nothing to cancel.
+            seen = started.wait_for(|n| *n > before) => { seen.unwrap(); }
         }
+        cancel.cancel_query(NoTls).await.unwrap();
+        query.await
     })
     .await
     .expect("the cancel ended the query");

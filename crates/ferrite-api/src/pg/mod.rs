@@ -32,7 +32,7 @@ use pgwire::api::PgWireServerHandlers;
 use pgwire::api::cancel::CancelHandler;
 use pgwire::messages::cancel::CancelRequest;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,14 +40,16 @@ use crate::ApiState;
 
 /// Serve the PostgreSQL wire protocol on `listener` until `shutdown` is cancelled, then end
 /// every connection. At most `max_connections` are served at once; further clients wait in
-/// the listen backlog until one ends.
+/// the listen backlog until one ends. `started` counts the queries begun, from the moment a
+/// CancelRequest can reach each one.
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
     max_connections: usize,
+    started: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) {
-    let sessions = Arc::new(session::Sessions::default());
+    let sessions = Arc::new(session::Sessions::new(started));
     let handlers = Arc::new(Handlers {
         startup: Arc::new(auth::Startup::new(state.clone(), Arc::clone(&sessions))),
         queries: Arc::new(query::Queries::new(Arc::clone(&state.query))),

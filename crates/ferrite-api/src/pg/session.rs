@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use ferrite_fleet::ApiPrincipal;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What one authenticated connection knows about itself; kept in pgwire's session
@@ -21,7 +22,7 @@ pub(crate) struct Session {
     /// registry entry, which a CancelRequest (another connection's task) cancels through.
     current: CurrentQuery,
     /// Removes the registry entry when the connection ends.
-    _registration: Registration,
+    registration: Registration,
 }
 
 impl Session {
@@ -29,6 +30,11 @@ impl Session {
     pub(crate) fn start_query(&self) -> CancellationToken {
         let token = CancellationToken::new();
         *lock(&self.current) = token.clone();
+        // Only now can a CancelRequest reach this query: tell whoever watches.
+        self.registration
+            .sessions
+            .started
+            .send_modify(|n| *n = n.wrapping_add(1));
         token
     }
 }
@@ -37,14 +43,23 @@ impl Session {
 type CurrentQuery = Arc<Mutex<CancellationToken>>;
 
 /// The live sessions by process id, shared by every connection of one listener.
-#[derive(Default)]
 pub(crate) struct Sessions {
     /// pid → (secret key, current query token). Written at startup and when a connection
     /// ends, read by CancelRequests.
     map: Mutex<HashMap<i32, (Bytes, CurrentQuery)>>,
+    /// Counts queries started on this listener, from the moment they can be cancelled.
+    started: watch::Sender<u64>,
 }
 
 impl Sessions {
+    /// An empty registry that counts started queries into `started`.
+    pub(crate) fn new(started: watch::Sender<u64>) -> Self {
+        Self {
+            map: Mutex::default(),
+            started,
+        }
+    }
+
     /// Register the connection that was given `pid` and `secret`.
     pub(crate) fn register(
         self: &Arc<Self>,
@@ -57,7 +72,7 @@ impl Sessions {
         Session {
             principal,
             current,
-            _registration: Registration {
+            registration: Registration {
                 pid,
                 sessions: Arc::clone(self),
             },
@@ -107,7 +122,8 @@ mod tests {
 
     #[test]
     fn cancel_needs_the_secret_and_reaches_the_current_query() {
-        let sessions = Arc::new(Sessions::default());
+        let (started, watcher) = watch::channel(0);
+        let sessions = Arc::new(Sessions::new(started));
         let principal = ApiPrincipal {
             token_id: "t".into(),
             name: "n".into(),
@@ -116,6 +132,7 @@ mod tests {
         let session = sessions.register(7, Bytes::from_static(b"key"), principal);
         let first = session.start_query();
         let second = session.start_query();
+        assert_eq!(*watcher.borrow(), 2, "each query start is counted");
         assert!(!sessions.cancel(7, b"wrong"));
         assert!(!second.is_cancelled());
         assert!(sessions.cancel(7, b"key"));
