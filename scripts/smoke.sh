@@ -5,7 +5,8 @@
 # with a client certificate from the fleet's CA), enroll a device with a claim token, publish
 # over HTTP with device credentials, watch a presence event, resume a persistent session,
 # receive with mosquitto_sub, query with curl and with psql (PostgreSQL wire protocol),
-# kill -9 right after the PUBACK, restart, and check the rows are still there.
+# kill -9 right after the PUBACK, restart, and check the rows, a persistent session's queued
+# message and a retained message are still there.
 # Talks only to 127.0.0.1; every wait is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -146,12 +147,22 @@ psql_err=$(PGCONNECT_TIMEOUT=10 psql -h 127.0.0.1 -p "$pgport" -U ferrite -d fer
 echo "$psql_err" | grep -q 'ERROR:.*ParserError' || fail "psql bad SQL: $psql_err"
 echo "$psql_err" | tail -1 | grep -qx '[0-9][0-9]*' || fail "psql after an error: $psql_err"
 
-# kill -9 right after a PUBACK, then restart: the row is still there.
+# kill -9 right after a PUBACK, then restart: the row is still there, and so are a message
+# queued for an offline persistent session and a retained message.
+mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv5 -c -x 300 -i survivor -q 1 -t smoke/survive -E \
+  || fail "persistent subscribe before kill"
+mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t smoke/survive -m after-crash || fail "publish to an offline session before kill"
 mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t devices/d3/telemetry -m '{"temperature":-4.5}' || fail "mosquitto_pub before kill"
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 start
 answer=$(query 'SELECT count(*) AS n FROM telemetry')
 [ "$answer" = '[{"n":5}]' ] || fail "after kill -9 and restart: $answer"
+got=$(timeout 15 mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv5 -c -x 300 -i survivor -q 1 -t smoke/survive -C 1 -W 10) \
+  || fail "the persistent session did not survive kill -9"
+[ "$got" = after-crash ] || fail "after kill -9 the session got '$got'"
+got=$(timeout 15 mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv311 -t devices/d1/telemetry -C 1 -W 10) \
+  || fail "the retained message did not survive kill -9"
+[ "$got" = '{"temperature":21.5}' ] || fail "after kill -9 the retained message is '$got'"
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$http/api/v1/query" -d 'SELEC nonsense')
 [ "$code" = 400 ] || fail "bad SQL gave HTTP $code"
 kill -TERM "$pid"; wait "$pid" || fail "graceful shutdown exit code"; pid=""

@@ -70,11 +70,19 @@ impl Exit {
 type AckFuture = Pin<Box<dyn Future<Output = (InboundAck, PublishOutcome)> + Send>>;
 
 /// What to send once a publish is settled.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum InboundAck {
     None,
     PubAck(u16),
     PubRec(u16),
+    /// A SUBACK or UNSUBACK of a persistent session, sent once its subscriptions are
+    /// stored (`stored` says why not, if they could not be); the retained messages of new
+    /// subscriptions follow it.
+    Reply {
+        packet: Box<Packet>,
+        backlog: Vec<Outgoing>,
+        stored: Result<(), String>,
+    },
 }
 
 /// Serve one connection until it ends. Never panics on input.
@@ -365,6 +373,14 @@ async fn accept<S: AsyncWrite + Unpin>(
             (handle, out_rx, HashMap::new(), HashSet::new(), 1, 0)
         }
     };
+    let mut handle = handle;
+    if expiry.is_zero() {
+        handle.make_volatile();
+    } else {
+        // Not waited for: a crash before it commits is seen by the client as a session
+        // that is not present on its next CONNACK, which MQTT lets it handle.
+        let _ = handle.make_durable(&client_id, expiry, 0);
+    }
     let will_delay = will.as_ref().map_or(Duration::ZERO, |(_, w)| {
         Duration::from_secs(u64::from(w.properties.will_delay_interval.unwrap_or(0)))
     });
@@ -531,7 +547,7 @@ impl Session {
                     .get(&a.packet_id)
                     .is_some_and(|f| f.out.qos == QoS::AtLeastOnce)
                 {
-                    self.inflight_out.remove(&a.packet_id);
+                    self.complete(a.packet_id);
                 }
                 Ok(())
             }
@@ -540,10 +556,13 @@ impl Session {
                     Some(f) if f.out.qos == QoS::ExactlyOnce => {
                         if a.reason_code.is_error() {
                             // The client refused the message: the flow ends here.
-                            self.inflight_out.remove(&a.packet_id);
+                            self.complete(a.packet_id);
                             return Ok(());
                         }
                         f.released = true;
+                        if let (Some(seq), Some(d)) = (f.out.store_seq, self.handle.durable()) {
+                            d.set_inflight(seq, a.packet_id, true);
+                        }
                         ReasonCode::SUCCESS
                     }
                     _ => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
@@ -561,12 +580,15 @@ impl Session {
                     .get(&a.packet_id)
                     .is_some_and(|f| f.released)
                 {
-                    self.inflight_out.remove(&a.packet_id);
+                    self.complete(a.packet_id);
                 }
                 Ok(())
             }
             Packet::PubRel(r) => {
                 let reason = if self.awaiting_rel.remove(&r.packet_id) {
+                    if let Some(d) = self.handle.durable() {
+                        d.delete_awaiting_rel(r.packet_id);
+                    }
                     ReasonCode::SUCCESS
                 } else {
                     ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
@@ -710,10 +732,65 @@ impl Session {
         };
         shared.stats.publishes_in.fetch_add(1, Ordering::Relaxed);
         let router = shared.router.clone();
-        self.pending.push_back(Box::pin(
-            async move { (ack, router.publish(message).await) },
-        ));
+        // A persistent session remembers the QoS 2 publishes it took before saying PUBREC,
+        // so one resent after a restart is not routed again.
+        let durable = match ack {
+            InboundAck::PubRec(_) => self.handle.durable().cloned(),
+            _ => None,
+        };
+        self.pending.push_back(Box::pin(async move {
+            let mut outcome = router.publish(message).await;
+            if let (InboundAck::PubRec(id), Some(durable)) = (&ack, durable)
+                && outcome.verdict == Verdict::Accepted
+                && let Err(e) = durable.put_awaiting_rel(*id).wait().await
+            {
+                outcome.verdict = Verdict::Rejected(
+                    ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                    format!("the QoS 2 state could not be stored: {e}"),
+                );
+            }
+            (ack, outcome)
+        }));
         Ok(())
+    }
+
+    /// The client completed the delivery `packet_id` (or refused it): forget it, here and in
+    /// the session store.
+    fn complete(&mut self, packet_id: u16) {
+        if let Some(f) = self.inflight_out.remove(&packet_id)
+            && let (Some(seq), Some(d)) = (f.out.store_seq, self.handle.durable())
+        {
+            d.delete_message(seq);
+        }
+    }
+
+    /// Send a SUBACK/UNSUBACK now, or once the session's subscriptions are stored if it is
+    /// persistent; `backlog` (retained messages for new subscriptions) follows it.
+    fn reply_after_store(&mut self, packet: Packet, backlog: Vec<Outgoing>) {
+        match self.handle.persist_subscriptions() {
+            None => {
+                self.send(&packet);
+                self.backlog.extend(backlog);
+            }
+            Some(commit) => {
+                self.pending.push_back(Box::pin(async move {
+                    let stored = commit.wait().await;
+                    let outcome = PublishOutcome {
+                        matched: 0,
+                        verdict: Verdict::Accepted,
+                    };
+                    let packet = Box::new(packet);
+                    (
+                        InboundAck::Reply {
+                            packet,
+                            backlog,
+                            stored,
+                        },
+                        outcome,
+                    )
+                }));
+            }
+        }
     }
 
     /// A publish got its verdict: send PUBACK/PUBREC.
@@ -740,6 +817,27 @@ impl Session {
             InboundAck::None => return Ok(()),
             InboundAck::PubAck(id) => (id, false),
             InboundAck::PubRec(id) => (id, true),
+            InboundAck::Reply {
+                mut packet,
+                backlog,
+                stored,
+            } => {
+                if let Err(e) = stored {
+                    tracing::error!(client_id = %self.client_id, error = %e, "subscriptions of a persistent session could not be stored");
+                    // Tell the client its subscriptions are not safe, so it asks again.
+                    let failed = if self.version == ProtocolVersion::V5 {
+                        ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
+                    } else {
+                        ReasonCode::UNSPECIFIED_ERROR
+                    };
+                    if let Packet::SubAck(ack) = packet.as_mut() {
+                        ack.reason_codes.iter_mut().for_each(|c| *c = failed);
+                    }
+                }
+                self.send(&packet);
+                self.backlog.extend(backlog);
+                return Ok(());
+            }
         };
         self.inflight_in = self.inflight_in.saturating_sub(1);
         if self.version == ProtocolVersion::V311 && reason.is_error() && !is_permanent(reason) {
@@ -775,6 +873,7 @@ impl Session {
     fn on_subscribe(&mut self, s: Subscribe, shared: &Arc<Shared>) {
         let subscription_id = s.properties.subscription_identifiers.first().copied();
         let mut reason_codes = Vec::with_capacity(s.filters.len());
+        let mut backlog = Vec::new();
         for (filter, options) in s.filters {
             let raw = filter;
             let (share, filter) = match parse_filter(&raw) {
@@ -824,20 +923,22 @@ impl Session {
             };
             if send_retained {
                 for message in shared.router.retained_matching(&filter) {
-                    self.backlog.push_back(Outgoing {
+                    backlog.push(Outgoing {
                         qos: message.qos.min(granted),
                         retain: true,
                         subscription_ids: subscription_id.into_iter().collect(),
                         message,
+                        store_seq: None,
                     });
                 }
             }
         }
-        self.send(&Packet::SubAck(SubAck {
+        let ack = Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reason_codes,
             properties: Properties::default(),
-        }));
+        });
+        self.reply_after_store(ack, backlog);
     }
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) {
@@ -857,11 +958,12 @@ impl Session {
                 }
             })
             .collect();
-        self.send(&Packet::UnsubAck(UnsubAck {
+        let ack = Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
             reason_codes,
             properties: Properties::default(),
-        }));
+        });
+        self.reply_after_store(ack, Vec::new());
     }
 
     /// Move retained backlog into the write buffer while the client's receive window allows.
@@ -881,6 +983,7 @@ impl Session {
             let age_ns = shared.clock.now().as_nanos() - message.received_at.as_nanos();
             let age = u32::try_from(age_ns.max(0) / 1_000_000_000).unwrap_or(u32::MAX);
             if age >= expiry {
+                self.forget_stored(&out);
                 return;
             }
             properties.message_expiry_interval = Some(expiry - age);
@@ -911,6 +1014,7 @@ impl Session {
                         .stats
                         .dropped_too_large
                         .fetch_add(1, Ordering::Relaxed);
+                    self.forget_stored(&out);
                     return;
                 }
             }
@@ -918,6 +1022,9 @@ impl Session {
         self.send(&packet);
         shared.stats.publishes_out.fetch_add(1, Ordering::Relaxed);
         if let Some(id) = packet_id {
+            if let (Some(seq), Some(d)) = (out.store_seq, self.handle.durable()) {
+                d.set_inflight(seq, id, false);
+            }
             let seq = self.next_seq;
             self.next_seq += 1;
             self.inflight_out.insert(
@@ -928,6 +1035,13 @@ impl Session {
                     released: false,
                 },
             );
+        }
+    }
+
+    /// A stored delivery that will not be sent (expired, too large) is deleted from the store.
+    fn forget_stored(&self, out: &Outgoing) {
+        if let (Some(seq), Some(d)) = (out.store_seq, self.handle.durable()) {
+            d.delete_message(seq);
         }
     }
 
@@ -1000,6 +1114,9 @@ impl Session {
         {
             self.expiry =
                 Duration::from_secs(u64::from(*secs)).min(shared.config.max_session_expiry);
+            if !self.expiry.is_zero() {
+                let _ = self.handle.make_durable(&self.client_id, self.expiry, 0);
+            }
         }
         // Acknowledgements already settled still go out on a clean close; unsettled ones
         // never do (the client resends them).
@@ -1054,7 +1171,7 @@ impl Session {
         let Session {
             client_id,
             conn_id,
-            handle,
+            mut handle,
             out_rx,
             inflight_out,
             awaiting_rel,
@@ -1067,6 +1184,7 @@ impl Session {
         } = self;
         if expiry.is_zero() {
             // The session ends with the connection: unsubscribe, then the will.
+            handle.make_volatile();
             drop(handle);
             shared.unregister_client(&client_id, conn_id);
             finished.cancel();
@@ -1117,7 +1235,10 @@ impl Session {
 
 /// End a parked session: unsubscribe it and publish its pending will.
 async fn end_session(parked: Parked, shared: &Arc<Shared>) {
-    let Parked { handle, will, .. } = parked;
+    let Parked {
+        mut handle, will, ..
+    } = parked;
+    handle.make_volatile();
     drop(handle);
     if let Some(will) = will {
         shared.router.publish(will).await;
@@ -1125,7 +1246,7 @@ async fn end_session(parked: Parked, shared: &Arc<Shared>) {
 }
 
 /// The timers of a parked session: its expiry, and its will's delay if shorter.
-fn spawn_session_timers(
+pub(crate) fn spawn_session_timers(
     shared: &Arc<Shared>,
     client_id: Arc<str>,
     generation: u64,
@@ -1161,7 +1282,7 @@ fn spawn_session_timers(
 }
 
 /// A subscription filter, possibly shared: `$share/{share name}/{filter}`.
-fn parse_filter(raw: &str) -> Result<(Option<String>, TopicFilter), ()> {
+pub(crate) fn parse_filter(raw: &str) -> Result<(Option<String>, TopicFilter), ()> {
     match raw.strip_prefix("$share/") {
         Some(rest) => {
             let (share, filter) = rest.split_once('/').ok_or(())?;

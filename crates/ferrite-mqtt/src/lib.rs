@@ -11,12 +11,16 @@
 //! Who may connect is decided behind the [`Authenticator`] trait. The wire format is
 //! `ferrite-mqtt-codec`'s. Sessions with Clean Start = 0 outlive their connection (`session`:
 //! subscriptions kept, messages queued, in-flight QoS 1/2 resent on resume, expiry, delayed
-//! wills) — in memory: a restart ends them. MQTT over WebSocket enters through
-//! [`MqttHandle`] from the HTTP API.
+//! wills). A router made with [`Router::durable`] keeps retained messages and persistent
+//! sessions (subscriptions, queued and in-flight QoS 1/2 deliveries, inbound QoS 2 state)
+//! crash-safe in a redb file (`persist`), read back when the gateway starts; acknowledgements
+//! wait for that state to be committed. MQTT over WebSocket enters through [`MqttHandle`]
+//! from the HTTP API.
 
 mod auth;
 mod config;
 mod connection;
+mod persist;
 pub mod router;
 mod server;
 mod session;
@@ -27,6 +31,7 @@ use std::net::SocketAddr;
 
 pub use auth::{AnonymousLoopback, Authenticator, ConnectRequest, SessionGuard, Unrestricted};
 pub use config::{ClientAuth, MqttConfig, TlsConfig};
+pub use persist::{PersistError, PersistStats};
 pub use router::{Delivery, InternalSubscription, Message, PublishOutcome, Router, Verdict};
 pub use server::{MqttHandle, MqttServer, MqttStats};
 

@@ -8,15 +8,19 @@
 //! the publisher); delivery to a client session never waits: when a session's queue is full
 //! the message is dropped for that session and counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
 use ferrite_core::{Timestamp, TopicFilter, TopicName};
 use ferrite_mqtt_codec::{Properties, QoS, ReasonCode};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::persist::{
+    self, Commit, Durable, PersistError, PersistStats, RecoveredSession, SessionStore,
+};
 use crate::trie::{SubscriberId, SubscriptionTree};
 
 /// A published message as the router carries it.
@@ -67,6 +71,8 @@ pub struct Outgoing {
     pub retain: bool,
     /// Identifiers of every matching subscription that had one.
     pub subscription_ids: Vec<u32>,
+    /// Where the session store keeps this delivery (persistent sessions, QoS 1/2).
+    pub(crate) store_seq: Option<u64>,
 }
 
 /// What a durable internal consumer decided about a message.
@@ -115,6 +121,9 @@ enum Sink {
     Session {
         tx: mpsc::Sender<Outgoing>,
         client_id: Arc<str>,
+        /// Set for a persistent session: its QoS 1/2 deliveries are stored before the
+        /// publisher is acknowledged.
+        durable: Option<Arc<Durable>>,
     },
     Internal {
         tx: mpsc::Sender<Delivery>,
@@ -149,6 +158,10 @@ pub struct RouterStats {
 #[derive(Clone)]
 pub struct Router {
     state: Arc<RwLock<State>>,
+    /// Where retained messages and persistent sessions are kept; `None`: in memory only.
+    store: Option<SessionStore>,
+    /// Persistent sessions read back at start, until the gateway takes them.
+    recovered: Arc<Mutex<Vec<RecoveredSession>>>,
     next_id: Arc<AtomicU64>,
     stats: Arc<RouterStats>,
     max_retained: usize,
@@ -160,23 +173,86 @@ pub struct Router {
 pub struct SessionHandle {
     router: Router,
     id: SubscriberId,
-    /// This session's filters, so dropping the handle removes exactly its subscriptions.
-    filters: HashSet<TopicFilter>,
+    /// This session's filters and their options, so dropping the handle removes exactly
+    /// its subscriptions (and a persistent session can store them).
+    filters: HashMap<TopicFilter, SubscribeOptions>,
     /// This session's shared subscriptions: (share name, filter) → the subscriber id that
-    /// stands for it in the tree.
-    shared: HashMap<(String, TopicFilter), SubscriberId>,
+    /// stands for it in the tree, and its options.
+    shared: HashMap<(String, TopicFilter), (SubscriberId, SubscribeOptions)>,
+    /// Set while the session is persistent.
+    durable: Option<Arc<Durable>>,
 }
 
 impl Router {
-    /// An empty router keeping at most `max_retained` retained messages.
+    /// An empty router keeping at most `max_retained` retained messages, in memory only.
     pub fn new(max_retained: usize) -> Self {
         Self {
             state: Arc::default(),
+            store: None,
+            recovered: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             stats: Arc::default(),
             max_retained,
             round_robin: Arc::default(),
         }
+    }
+
+    /// A router whose retained messages and persistent sessions are kept crash-safe in the
+    /// session store at `path` (created if missing). What the store holds is read back:
+    /// retained messages at once, sessions when an [`crate::MqttServer`] starts on this
+    /// router. Damaged records are skipped and counted ([`Router::persist_stats`]).
+    pub fn durable(max_retained: usize, path: &Path) -> Result<Self, PersistError> {
+        let (store, recovered) = persist::open(path)?;
+        let mut router = Self::new(max_retained);
+        {
+            let mut state = router.write();
+            for message in recovered.retained {
+                if state.retained.len() < max_retained {
+                    state
+                        .retained
+                        .insert(message.topic.clone(), Arc::new(message));
+                } else {
+                    router
+                        .stats
+                        .retained_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        tracing::info!(
+            retained = router.retained_count(),
+            sessions = recovered.sessions.len(),
+            path = %path.display(),
+            "MQTT session store opened"
+        );
+        router.recovered = Arc::new(Mutex::new(recovered.sessions));
+        router.store = Some(store);
+        Ok(router)
+    }
+
+    /// Counters of the session store; `None` for an in-memory router.
+    pub fn persist_stats(&self) -> Option<&Arc<PersistStats>> {
+        self.store.as_ref().map(SessionStore::stats)
+    }
+
+    /// Commit what was written to the session store and close it (at shutdown, after the
+    /// gateway stopped). Nothing to do for an in-memory router.
+    pub async fn close_store(&self) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.close().wait().await
+        {
+            tracing::error!(error = %e, "MQTT session store did not close cleanly");
+        }
+    }
+
+    /// The persistent sessions read back at start (once; later calls get none).
+    pub(crate) fn take_recovered(&self) -> Vec<RecoveredSession> {
+        std::mem::take(
+            &mut *self
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Counters.
@@ -199,14 +275,20 @@ impl Router {
         tx: mpsc::Sender<Outgoing>,
     ) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.write()
-            .sinks
-            .insert(id, Sink::Session { tx, client_id });
+        self.write().sinks.insert(
+            id,
+            Sink::Session {
+                tx,
+                client_id,
+                durable: None,
+            },
+        );
         SessionHandle {
             router: self.clone(),
             id,
-            filters: HashSet::new(),
+            filters: HashMap::new(),
             shared: HashMap::new(),
+            durable: None,
         }
     }
 
@@ -269,24 +351,30 @@ impl Router {
     pub async fn publish(&self, message: Message) -> PublishOutcome {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         let message = Arc::new(message);
-        let mut sessions: HashMap<SubscriberId, (mpsc::Sender<Outgoing>, Outgoing)> =
-            HashMap::new();
+        let mut sessions: HashMap<SubscriberId, SessionDelivery> = HashMap::new();
         let mut internal: Vec<(mpsc::Sender<Delivery>, bool)> = Vec::new();
-        let mut groups: HashMap<ShareKey, Vec<(mpsc::Sender<Outgoing>, Outgoing)>> = HashMap::new();
+        let mut groups: HashMap<ShareKey, Vec<SessionDelivery>> = HashMap::new();
+        // Writes to the session store the publisher's acknowledgement waits for.
+        let mut commits = Vec::new();
         if message.retain {
             let mut state = self.write();
-            {
-                if message.payload.is_empty() {
-                    state.retained.remove(&message.topic);
-                } else if state.retained.len() < self.max_retained
-                    || state.retained.contains_key(&message.topic)
+            if message.payload.is_empty() {
+                if state.retained.remove(&message.topic).is_some()
+                    && let Some(store) = &self.store
                 {
-                    state
-                        .retained
-                        .insert(message.topic.clone(), Arc::clone(&message));
-                } else {
-                    self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
+                    commits.push(store.clear_retained(&message.topic));
                 }
+            } else if state.retained.len() < self.max_retained
+                || state.retained.contains_key(&message.topic)
+            {
+                state
+                    .retained
+                    .insert(message.topic.clone(), Arc::clone(&message));
+                if let Some(store) = &self.store {
+                    commits.push(store.put_retained(&message));
+                }
+            } else {
+                self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
             }
         }
         {
@@ -295,39 +383,45 @@ impl Router {
             state
                 .tree
                 .for_each_match(&message.topic, |id, opts| match sinks.get(&id) {
-                    Some(Sink::Session { tx, .. }) if shares.contains_key(&id) => {
+                    Some(Sink::Session { tx, durable, .. }) if shares.contains_key(&id) => {
                         let members = groups.entry(Arc::clone(&shares[&id])).or_default();
-                        members.push((
-                            tx.clone(),
-                            Outgoing {
+                        members.push(SessionDelivery {
+                            tx: tx.clone(),
+                            durable: durable.clone(),
+                            out: Outgoing {
                                 message: Arc::clone(&message),
                                 qos: message.qos.min(opts.qos),
                                 retain: opts.retain_as_published && message.retain,
                                 subscription_ids: opts.subscription_id.into_iter().collect(),
+                                store_seq: None,
                             },
-                        ));
+                        });
                     }
-                    Some(Sink::Session { tx, client_id }) => {
+                    Some(Sink::Session {
+                        tx,
+                        client_id,
+                        durable,
+                    }) => {
                         if opts.no_local && **client_id == *message.publisher {
                             return;
                         }
                         let qos = message.qos.min(opts.qos);
                         let retain = opts.retain_as_published && message.retain;
-                        let entry = sessions.entry(id).or_insert_with(|| {
-                            (
-                                tx.clone(),
-                                Outgoing {
-                                    message: Arc::clone(&message),
-                                    qos,
-                                    retain,
-                                    subscription_ids: Vec::new(),
-                                },
-                            )
+                        let entry = sessions.entry(id).or_insert_with(|| SessionDelivery {
+                            tx: tx.clone(),
+                            durable: durable.clone(),
+                            out: Outgoing {
+                                message: Arc::clone(&message),
+                                qos,
+                                retain,
+                                subscription_ids: Vec::new(),
+                                store_seq: None,
+                            },
                         });
                         // Overlapping subscriptions: one delivery at the highest QoS.
-                        entry.1.qos = entry.1.qos.max(qos);
-                        entry.1.retain |= retain;
-                        entry.1.subscription_ids.extend(opts.subscription_id);
+                        entry.out.qos = entry.out.qos.max(qos);
+                        entry.out.retain |= retain;
+                        entry.out.subscription_ids.extend(opts.subscription_id);
                     }
                     Some(Sink::Internal { tx, durable })
                         if !internal.iter().any(|(t, _)| t.same_channel(tx)) =>
@@ -345,16 +439,27 @@ impl Router {
             let n = members.len();
             let pick = (0..n)
                 .map(|i| (start + i) % n)
-                .find(|&i| members[i].0.capacity() > 0)
+                .find(|&i| members[i].tx.capacity() > 0)
                 .unwrap_or(start % n);
             deliveries.push(members.swap_remove(pick));
         }
-        for (tx, out) in deliveries {
-            match tx.try_send(out) {
-                Ok(()) => {
+        for SessionDelivery {
+            tx,
+            durable,
+            mut out,
+        } in deliveries
+        {
+            // A place in the queue first, so nothing is stored that is then dropped; stored
+            // before it is queued, so the client's completion is written after it.
+            match tx.try_reserve() {
+                Ok(permit) => {
+                    if let Some(durable) = durable.filter(|_| out.qos != QoS::AtMostOnce) {
+                        commits.extend(durable.put_message(&mut out));
+                    }
+                    permit.send(out);
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(mpsc::error::TrySendError::Full(())) => {
                     self.stats
                         .dropped_queue_full
                         .fetch_add(1, Ordering::Relaxed);
@@ -386,6 +491,16 @@ impl Router {
             }
         }
         let mut verdict = Verdict::Accepted;
+        for commit in commits {
+            if let Err(e) = commit.wait().await
+                && verdict == Verdict::Accepted
+            {
+                verdict = Verdict::Rejected(
+                    ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                    format!("the message could not be stored for a persistent session: {e}"),
+                );
+            }
+        }
         for v in verdicts {
             let got = match v {
                 Some(rx) => rx.await.unwrap_or_else(|_| unavailable()),
@@ -414,6 +529,13 @@ impl Router {
     }
 }
 
+/// One delivery to a client session being assembled by [`Router::publish`].
+struct SessionDelivery {
+    tx: mpsc::Sender<Outgoing>,
+    durable: Option<Arc<Durable>>,
+    out: Outgoing,
+}
+
 fn unavailable() -> Verdict {
     Verdict::Rejected(
         ReasonCode::SERVER_UNAVAILABLE,
@@ -424,7 +546,7 @@ fn unavailable() -> Verdict {
 impl SessionHandle {
     /// Add or replace a subscription of this session. Returns true if it replaced one.
     pub fn subscribe(&mut self, filter: &TopicFilter, options: SubscribeOptions) -> bool {
-        self.filters.insert(filter.clone());
+        self.filters.insert(filter.clone(), options);
         self.router.write().tree.insert(filter, self.id, options)
     }
 
@@ -444,28 +566,35 @@ impl SessionHandle {
     ) -> bool {
         let mut state = self.router.write();
         let key = (share.to_owned(), filter.clone());
-        if let Some(&id) = self.shared.get(&key) {
-            state.tree.insert(filter, id, options);
+        if let Some((id, stored)) = self.shared.get_mut(&key) {
+            *stored = options;
+            state.tree.insert(filter, *id, options);
             return true;
         }
-        let Some(Sink::Session { tx, client_id }) = state.sinks.get(&self.id) else {
+        let Some(Sink::Session {
+            tx,
+            client_id,
+            durable,
+        }) = state.sinks.get(&self.id)
+        else {
             return false;
         };
         let sink = Sink::Session {
             tx: tx.clone(),
             client_id: Arc::clone(client_id),
+            durable: durable.clone(),
         };
         let id = self.router.next_id.fetch_add(1, Ordering::Relaxed);
         state.sinks.insert(id, sink);
         state.shares.insert(id, format!("{share}/{filter}").into());
         state.tree.insert(filter, id, options);
-        self.shared.insert(key, id);
+        self.shared.insert(key, (id, options));
         false
     }
 
     /// Leave the shared subscription `$share/{share}/{filter}`. Returns true if it existed.
     pub fn unsubscribe_shared(&mut self, share: &str, filter: &TopicFilter) -> bool {
-        let Some(id) = self.shared.remove(&(share.to_owned(), filter.clone())) else {
+        let Some((id, _)) = self.shared.remove(&(share.to_owned(), filter.clone())) else {
             return false;
         };
         let mut state = self.router.write();
@@ -480,7 +609,7 @@ impl SessionHandle {
     pub fn retain_filters(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
         let plain: Vec<TopicFilter> = self
             .filters
-            .iter()
+            .keys()
             .filter(|f| !keep(f.as_str()))
             .cloned()
             .collect();
@@ -503,6 +632,73 @@ impl SessionHandle {
     /// The router this session is registered with.
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// Every subscription, with filters as the client wrote them (`$share/…` included).
+    pub(crate) fn subscriptions(&self) -> Vec<(String, SubscribeOptions)> {
+        let mut all: Vec<(String, SubscribeOptions)> = self
+            .filters
+            .iter()
+            .map(|(f, o)| (f.as_str().to_owned(), *o))
+            .collect();
+        all.extend(
+            self.shared
+                .iter()
+                .map(|((share, f), (_, o))| (format!("$share/{share}/{f}"), *o)),
+        );
+        all
+    }
+
+    /// The session's stored side, while it is persistent.
+    pub(crate) fn durable(&self) -> Option<&Arc<Durable>> {
+        self.durable.as_ref()
+    }
+
+    /// Make the session persistent with `expiry` (or update the expiry of one that is),
+    /// storing its subscriptions; its QoS 1/2 deliveries are stored from now on, numbered
+    /// from `next_seq`. `None` for a router without a session store.
+    pub(crate) fn make_durable(
+        &mut self,
+        client_id: &Arc<str>,
+        expiry: std::time::Duration,
+        next_seq: u64,
+    ) -> Option<Commit> {
+        let store = self.router.store.clone()?;
+        if let Some(durable) = &self.durable {
+            durable.set_expiry(expiry);
+            return Some(durable.put_meta(self.subscriptions()));
+        }
+        let durable = Arc::new(Durable::new(Arc::clone(client_id), store, next_seq, expiry));
+        self.set_sink_durable(Some(&durable));
+        let commit = durable.put_meta(self.subscriptions());
+        self.durable = Some(durable);
+        Some(commit)
+    }
+
+    /// The session is no longer persistent (it ends, or its new connection asked for an
+    /// expiry of 0): delete what the store holds for it.
+    pub(crate) fn make_volatile(&mut self) {
+        if let Some(durable) = self.durable.take() {
+            self.set_sink_durable(None);
+            durable.drop_session();
+        }
+    }
+
+    /// Store the session's subscriptions, if it is persistent.
+    pub(crate) fn persist_subscriptions(&self) -> Option<Commit> {
+        self.durable
+            .as_ref()
+            .map(|d| d.put_meta(self.subscriptions()))
+    }
+
+    fn set_sink_durable(&self, to: Option<&Arc<Durable>>) {
+        let mut state = self.router.write();
+        let ids = std::iter::once(self.id).chain(self.shared.values().map(|(id, _)| *id));
+        for id in ids {
+            if let Some(Sink::Session { durable, .. }) = state.sinks.get_mut(&id) {
+                *durable = to.cloned();
+            }
+        }
     }
 }
 
@@ -528,10 +724,10 @@ impl Drop for SessionHandle {
     fn drop(&mut self) {
         let mut state = self.router.write();
         state.sinks.remove(&self.id);
-        for f in &self.filters {
+        for f in self.filters.keys() {
             state.tree.remove(f, self.id);
         }
-        for ((_, f), id) in &self.shared {
+        for ((_, f), (id, _)) in &self.shared {
             state.tree.remove(f, *id);
             state.sinks.remove(id);
             state.shares.remove(id);

@@ -46,6 +46,8 @@ pub struct MqttStats {
     pub sessions_resumed: AtomicU64,
     /// Parked sessions ended because their expiry interval passed.
     pub sessions_expired: AtomicU64,
+    /// Persistent sessions read back from the session store at start.
+    pub sessions_restored: AtomicU64,
     /// QoS 1/2 deliveries resent (DUP) or released again on session resume.
     pub redelivered: AtomicU64,
     /// TLS handshakes that failed or timed out (bad or missing client certificates among them).
@@ -206,6 +208,7 @@ impl MqttServer {
             tls: acceptor,
             config,
         });
+        crate::session::restore(&shared);
         let tracker = TaskTracker::new();
         // One cap for both listeners: when all permits are taken, accepting pauses and new
         // connections wait in the OS backlog.

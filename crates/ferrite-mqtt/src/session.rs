@@ -14,14 +14,18 @@
 //! interval waits in the parked session until the delay passes or the session ends, and is
 //! dropped if the client comes back first (MQTT 5 3.1.3.2.2).
 //!
-//! Parked sessions live in memory: a restart of the server ends them.
+//! With a session store (`Router::durable`), persistent sessions are also written to disk
+//! as they change (`persist`), and [`restore`] parks every stored one again when the gateway
+//! starts: its expiry counts again from the restart, and a will it had is not kept.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 
+use crate::connection::{parse_filter, spawn_session_timers};
 use crate::router::{Message, Outgoing, SessionHandle};
+use crate::server::Shared;
 
 /// A QoS 1 or 2 delivery sent to the client and not yet completed.
 #[derive(Debug)]
@@ -103,5 +107,80 @@ impl Sessions {
     /// Number of parked sessions.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
+    }
+}
+
+/// Park the persistent sessions the session store held at start, as if each client had just
+/// disconnected: subscriptions registered, queued deliveries queued, in-flight ones (with
+/// their packet ids) ready to be resent, and their expiry timers running.
+pub(crate) fn restore(shared: &Arc<Shared>) {
+    for stored in shared.router.take_recovered() {
+        let client_id = stored.client_id;
+        let queued = stored
+            .messages
+            .iter()
+            .filter(|d| d.inflight.is_none())
+            .count();
+        let (tx, out_rx) = mpsc::channel(shared.config.session_queue.max(queued).max(1));
+        let mut handle = shared
+            .router
+            .register_session(Arc::clone(&client_id), tx.clone());
+        for (raw, options) in &stored.subscriptions {
+            match parse_filter(raw) {
+                Ok((Some(share), filter)) => {
+                    handle.subscribe_shared(&share, &filter, *options);
+                }
+                Ok((None, filter)) => {
+                    handle.subscribe(&filter, *options);
+                }
+                Err(()) => {
+                    tracing::warn!(client_id = %client_id, filter = raw, "stored subscription with an invalid filter skipped");
+                }
+            }
+        }
+        let _ = handle.make_durable(&client_id, stored.expiry, stored.next_seq);
+        let mut inflight_out = HashMap::new();
+        let mut next_packet_id = 1u16;
+        let mut next_seq = 0;
+        for delivery in stored.messages {
+            match delivery.inflight {
+                Some((packet_id, released)) => {
+                    inflight_out.insert(
+                        packet_id,
+                        InFlight {
+                            seq: next_seq,
+                            out: delivery.out,
+                            released,
+                        },
+                    );
+                    next_packet_id = packet_id.checked_add(1).unwrap_or(1);
+                }
+                // Room for every one of them was made above.
+                None => {
+                    let _ = tx.try_send(delivery.out);
+                }
+            }
+            next_seq += 1;
+        }
+        let generation = shared.sessions.generation();
+        tracing::debug!(client_id = %client_id, queued, inflight = inflight_out.len(), "persistent session restored");
+        shared.sessions.park(
+            Arc::clone(&client_id),
+            Parked {
+                generation,
+                handle,
+                out_rx,
+                inflight_out,
+                awaiting_rel: stored.awaiting_rel.into_iter().collect(),
+                next_packet_id,
+                next_seq,
+                will: None,
+            },
+        );
+        shared
+            .stats
+            .sessions_restored
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        spawn_session_timers(shared, client_id, generation, stored.expiry, None);
     }
 }

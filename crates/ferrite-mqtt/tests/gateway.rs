@@ -823,3 +823,139 @@ async fn a_delayed_will_waits_and_is_dropped_when_the_client_returns() {
     back.disconnect().await;
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn sessions_queues_inflight_state_and_retained_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mqtt").join("sessions.redb");
+    let router = Router::durable(100, &path).unwrap();
+    let (server, shutdown) = start(router.clone()).await;
+    let addr = server.local_addr();
+    let mut publisher = Raw::connect(addr, ProtocolVersion::V5).await;
+
+    // An offline MQTT 5 session with a QoS 1 and a QoS 2 subscription.
+    let (mut keeper, _) = Raw::open(addr, persistent(ProtocolVersion::V5, "keeper", 300)).await;
+    keeper.send(&subscribe_qos("d/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(keeper.next().await, Some(Packet::SubAck(_))));
+    keeper.send(&subscribe_qos("x/#", QoS::ExactlyOnce)).await;
+    assert!(matches!(keeper.next().await, Some(Packet::SubAck(_))));
+    keeper.disconnect().await;
+    assert_eq!(
+        publisher.publish_acked("d/1", 1, b"queued").await,
+        ReasonCode::SUCCESS
+    );
+    // A retained message.
+    publisher
+        .send(&Packet::Publish(Publish {
+            retain: true,
+            ..match publish_qos("r/1", 2, QoS::AtLeastOnce, b"kept") {
+                Packet::Publish(p) => p,
+                _ => unreachable!(),
+            }
+        }))
+        .await;
+    assert!(matches!(publisher.next().await, Some(Packet::PubAck(_))));
+    // An MQTT 3.1.1 session holding a delivery it has not acknowledged.
+    let (mut inflight, _) = Raw::open(addr, persistent(ProtocolVersion::V311, "unacked", 0)).await;
+    inflight.send(&subscribe_qos("f/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(inflight.next().await, Some(Packet::SubAck(_))));
+    publisher.publish_acked("f/1", 3, b"in flight").await;
+    let sent = inflight.expect_publish().await;
+    // An inbound QoS 2 publish taken (PUBREC) but not yet released.
+    let (mut p2, _) = Raw::open(addr, persistent(ProtocolVersion::V5, "p2", 300)).await;
+    p2.send(&publish_qos("x/1", 9, QoS::ExactlyOnce, b"exactly once"))
+        .await;
+    assert!(matches!(p2.next().await, Some(Packet::PubRec(a)) if a.packet_id == 9));
+
+    shutdown.cancel();
+    server.wait().await;
+    drop((publisher, inflight, p2));
+    let second = Router::durable(100, &path);
+    assert!(
+        second.is_err_and(|e| e.to_string().contains("already open")),
+        "one gateway at a time"
+    );
+    router.close_store().await;
+    drop(server);
+    let (server, shutdown) = start(Router::durable(100, &path).unwrap()).await;
+    let addr = server.local_addr();
+    assert_eq!(
+        server
+            .stats()
+            .sessions_restored
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    assert_eq!(server.parked_sessions(), 3);
+
+    let (mut keeper, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "keeper", 300)).await;
+    assert!(ack.session_present, "the session came back from disk");
+    let first = keeper.expect_publish().await;
+    assert_eq!(
+        (first.topic.as_str(), &first.payload[..]),
+        ("d/1", &b"queued"[..])
+    );
+    keeper
+        .send(&Packet::PubAck(ferrite_mqtt_codec::PubAck::new(
+            first.packet_id.unwrap(),
+        )))
+        .await;
+    let second = keeper.expect_publish().await;
+    assert_eq!(
+        (second.topic.as_str(), second.qos),
+        ("x/1", QoS::ExactlyOnce)
+    );
+
+    let (mut inflight, ack) =
+        Raw::open(addr, persistent(ProtocolVersion::V311, "unacked", 0)).await;
+    assert!(ack.session_present);
+    let again = inflight.expect_publish().await;
+    assert!(again.dup, "resent with DUP");
+    assert_eq!(again.packet_id, sent.packet_id, "with the packet id it had");
+    assert_eq!(again.payload, sent.payload);
+
+    // The QoS 2 publisher resends: acknowledged, not routed a second time.
+    let (mut p2, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "p2", 300)).await;
+    assert!(ack.session_present);
+    p2.send(&Packet::Publish(Publish {
+        dup: true,
+        ..match publish_qos("x/1", 9, QoS::ExactlyOnce, b"exactly once") {
+            Packet::Publish(p) => p,
+            _ => unreachable!(),
+        }
+    }))
+    .await;
+    assert!(matches!(p2.next().await, Some(Packet::PubRec(a)) if a.packet_id == 9));
+    p2.send(&Packet::PubRel(ferrite_mqtt_codec::PubAck::new(9)))
+        .await;
+    assert!(
+        matches!(p2.next().await, Some(Packet::PubComp(a)) if a.packet_id == 9 && a.reason_code == ReasonCode::SUCCESS)
+    );
+    keeper
+        .send(&Packet::PubRec(ferrite_mqtt_codec::PubAck::new(
+            second.packet_id.unwrap(),
+        )))
+        .await;
+    assert!(matches!(keeper.next().await, Some(Packet::PubRel(_))));
+    keeper
+        .send(&Packet::PubComp(ferrite_mqtt_codec::PubAck::new(
+            second.packet_id.unwrap(),
+        )))
+        .await;
+    p2.publish_acked("x/2", 10, b"marker").await;
+    let next = keeper.expect_publish().await;
+    assert_eq!(
+        next.payload,
+        &b"marker"[..],
+        "no duplicate of the QoS 2 message"
+    );
+
+    // The retained message is there for a new subscriber.
+    let mut fresh = Raw::connect(addr, ProtocolVersion::V5).await;
+    fresh.send(&subscribe_qos("r/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(fresh.next().await, Some(Packet::SubAck(_))));
+    let retained = fresh.expect_publish().await;
+    assert!(retained.retain);
+    assert_eq!(retained.payload, &b"kept"[..]);
+    shutdown.cancel();
+}

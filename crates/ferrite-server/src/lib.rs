@@ -57,6 +57,9 @@ pub enum ServerError {
     /// The MQTT listener could not start.
     #[error(transparent)]
     Mqtt(#[from] ferrite_mqtt::MqttError),
+    /// The MQTT session store (retained messages, persistent sessions) could not be opened.
+    #[error(transparent)]
+    MqttStore(#[from] ferrite_mqtt::PersistError),
     /// The device registry could not be opened.
     #[error("opening the device registry: {0}")]
     Fleet(#[from] ferrite_fleet::FleetError),
@@ -89,6 +92,8 @@ pub enum ServerError {
 /// A running Ferrite.
 pub struct Server {
     mqtt: MqttServer,
+    /// Kept to close the MQTT session store last.
+    router: Router,
     fleet: Fleet,
     /// The admin API token created on the first start of an empty data folder.
     bootstrap_token: Option<String>,
@@ -142,7 +147,11 @@ impl Server {
 
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let shutdown = CancellationToken::new();
-        let router = Router::new(config.mqtt.max_retained);
+        // Retained messages and persistent sessions, crash-safe; read back here.
+        let router = Router::durable(
+            config.mqtt.max_retained,
+            &data_dir.join("mqtt").join("sessions.redb"),
+        )?;
 
         let filters: Vec<TopicFilter> = TelemetryTopic::FILTERS
             .iter()
@@ -238,7 +247,7 @@ impl Server {
             mqtt: Some(mqtt.handle()),
             fleet: Some(fleet.clone()),
             anonymous: config.auth.anonymous,
-            router: Some(router),
+            router: Some(router.clone()),
             rules: Some(Arc::new(rules.clone())),
         };
         let pg = TaskTracker::new();
@@ -289,6 +298,7 @@ impl Server {
         });
         Ok(Self {
             mqtt,
+            router: router.clone(),
             fleet,
             bootstrap_token,
             background,
@@ -388,6 +398,9 @@ impl Server {
         // Connections are gone; the router (held by them and the gateway) is dropped with the
         // MqttServer, which ends the ingest consumer's subscription.
         drop(self.mqtt);
+        // Sessions and retained messages are committed; then the last router handle goes.
+        self.router.close_store().await;
+        drop(self.router);
         self.ingest.close();
         self.ingest.wait().await;
         self.background.close();

@@ -39,6 +39,7 @@ pub mod fleet;
 pub mod http;
 pub mod live;
 pub mod models;
+pub mod mqttbench;
 pub mod provision;
 mod readings;
 pub mod scenario;

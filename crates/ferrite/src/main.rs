@@ -3,6 +3,7 @@
 //! 0 success, 1 runtime failure, 2 bad configuration or usage.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench_cmd;
 mod fleet_cmd;
 mod rule_cmd;
 
@@ -112,6 +113,12 @@ enum Command {
         #[command(subcommand)]
         command: rule_cmd::RuleCommand,
     },
+    /// Benchmarks against any broker (the load side of `bench/mqtt`); JSON figures on
+    /// standard output.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Print or check the configuration.
     Config {
         #[command(subcommand)]
@@ -119,6 +126,15 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// MQTT broker benchmarks: throughput, latency, connection rate, idle memory.
+    Mqtt {
+        #[command(subcommand)]
+        bench: bench_cmd::MqttBench,
+    },
 }
 
 #[derive(Subcommand)]
@@ -375,6 +391,9 @@ fn main() -> ExitCode {
         Command::Claim { api, command } => runtime.block_on(fleet_cmd::claim(api, command)),
         Command::Audit(args) => runtime.block_on(fleet_cmd::audit(args)),
         Command::Rule { api, command } => runtime.block_on(rule_cmd::rule(api, command)),
+        Command::Bench {
+            command: BenchCommand::Mqtt { bench },
+        } => runtime.block_on(bench_cmd::mqtt(bench)),
     }
 }
 

@@ -1,0 +1,127 @@
+//! `ferrite bench mqtt …`: the load side of `bench/mqtt`, against any MQTT broker.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use ferrite_mqtt_codec::QoS;
+use ferrite_sim::mqttbench;
+
+use crate::out;
+
+/// One MQTT benchmark; prints one JSON object with its figures.
+#[derive(Subcommand)]
+pub(crate) enum MqttBench {
+    /// Publishers send as fast as they can to one subscriber; delivered messages per second.
+    Throughput {
+        /// The broker.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Publishing connections (each on a topic of its own).
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Messages in all.
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        /// 0 or 1 (publish and subscription).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: u8,
+        /// Unacknowledged QoS 1 publishes per publisher.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+    },
+    /// One publisher at a fixed rate; publish → deliver latency at the subscriber.
+    Latency {
+        /// The broker.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Messages per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// How long to publish.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// 0 or 1.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: u8,
+    },
+    /// Open connections (CONNECT → CONNACK) as fast as the broker accepts them.
+    Connect {
+        /// The broker.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Connections to open.
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Hold idle connections (each subscribed to one topic) and read the broker's memory.
+    Idle {
+        /// The broker.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The broker's process id (its /proc/PID/status is read).
+        #[arg(long)]
+        pid: u32,
+        /// Connections to hold.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+    },
+}
+
+fn qos(level: u8) -> QoS {
+    if level == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+pub(crate) async fn mqtt(bench: MqttBench) -> ExitCode {
+    let result = match bench {
+        MqttBench::Throughput {
+            addr,
+            publishers,
+            messages,
+            qos: q,
+            window,
+        } => mqttbench::throughput(addr, publishers, messages, qos(q), window)
+            .await
+            .map(|r| serde_json::to_string(&r)),
+        MqttBench::Latency {
+            addr,
+            rate,
+            duration,
+            qos: q,
+        } => mqttbench::latency(addr, rate, duration, qos(q))
+            .await
+            .map(|r| serde_json::to_string(&r)),
+        MqttBench::Connect {
+            addr,
+            count,
+            concurrency,
+        } => mqttbench::connection_rate(addr, count, concurrency)
+            .await
+            .map(|r| serde_json::to_string(&r)),
+        MqttBench::Idle { addr, pid, count } => mqttbench::idle_memory(addr, pid, count)
+            .await
+            .map(|r| serde_json::to_string(&r)),
+    };
+    match result {
+        Ok(Ok(json)) => {
+            out(&format!("{json}\n"));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            eprintln!("ferrite bench: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ferrite bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
