@@ -35,6 +35,14 @@ use crate::session::{InFlight, Parked};
 /// Longest client identifier accepted (MQTT requires servers to accept 23; more is allowed).
 const MAX_CLIENT_ID_LEN: usize = 256;
 
+/// Read buffer of a quiet connection; it doubles while reads fill it, up to [`RBUF_MAX`], and
+/// shrinks back when they stop, so an idle connection holds little memory and a busy one
+/// reads in large chunks.
+const RBUF_MIN: usize = 256;
+const RBUF_MAX: usize = 64 << 10;
+/// A write buffer larger than this is released once written, not kept for the next write.
+const WBUF_KEEP: usize = 1024;
+
 /// Why a connection ends.
 #[derive(Debug)]
 enum Exit {
@@ -94,7 +102,7 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(RBUF_MIN);
     let mut decoder = Decoder::new(shared.config.max_packet_size);
     let connect = tokio::select! {
         r = tokio::time::timeout(shared.config.connect_timeout, read_connect(&mut stream, &mut rbuf, &mut decoder)) => r,
@@ -414,7 +422,7 @@ async fn accept<S: AsyncWrite + Unpin>(
         revoked: guard.revoked(),
         guard,
         will,
-        wbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::new(),
     })
 }
 
@@ -429,7 +437,7 @@ struct Session {
     /// Our subscriptions in the router; dropping it unsubscribes everything.
     handle: SessionHandle,
     /// Deliveries from the router (bounded: `mqtt.session_queue`).
-    out_rx: mpsc::Receiver<Outgoing>,
+    out_rx: mpsc::Receiver<Box<Outgoing>>,
     /// Cancelled when another connection takes over the client id.
     takeover: CancellationToken,
     /// Cancelled by us once the connection has ended and the session is parked or ended, so
@@ -479,6 +487,7 @@ impl Session {
         self.resend_inflight(shared);
         let max_pending = usize::from(shared.config.receive_maximum) + 64;
         let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        let mut read_size = RBUF_MIN;
         loop {
             // Decode everything already buffered, unless too many publishes are pending.
             while self.pending.len() < max_pending {
@@ -501,8 +510,19 @@ impl Session {
                 if stream.write_all(&self.wbuf).await.is_err() || stream.flush().await.is_err() {
                     return Exit::Lost;
                 }
-                self.wbuf.clear();
+                if self.wbuf.capacity() > WBUF_KEEP {
+                    self.wbuf = BytesMut::new();
+                } else {
+                    self.wbuf.clear();
+                }
             }
+            // Size the read buffer for what reads have been bringing.
+            if rbuf.is_empty() && rbuf.capacity() > 2 * read_size {
+                *rbuf = BytesMut::with_capacity(read_size);
+            } else if rbuf.capacity() - rbuf.len() < read_size {
+                rbuf.reserve(read_size);
+            }
+            let spare = rbuf.capacity() - rbuf.len();
             let can_read = self.pending.len() < max_pending;
             let can_deliver = self.backlog.is_empty()
                 && self.inflight_out.len() < usize::from(self.client_receive_max);
@@ -519,10 +539,17 @@ impl Session {
                         return exit;
                     }
                 }
-                Some(out) = self.out_rx.recv(), if can_deliver => self.deliver(out, shared),
+                Some(out) = self.out_rx.recv(), if can_deliver => self.deliver(*out, shared),
                 read = stream.read_buf(rbuf), if can_read => match read {
                     Ok(0) | Err(_) => return Exit::Lost,
-                    Ok(_) => deadline = self.keep_alive.map(|k| Instant::now() + k),
+                    Ok(n) => {
+                        deadline = self.keep_alive.map(|k| Instant::now() + k);
+                        if n >= spare {
+                            read_size = (read_size * 2).min(RBUF_MAX);
+                        } else if n < read_size / 4 {
+                            read_size = (read_size / 2).max(RBUF_MIN);
+                        }
+                    }
                 },
                 () = sleep_until(deadline) => {
                     tracing::debug!(client_id = %self.client_id, "keep-alive expired");

@@ -119,7 +119,9 @@ pub struct PublishOutcome {
 
 enum Sink {
     Session {
-        tx: mpsc::Sender<Outgoing>,
+        /// Boxed, so the queue's first block (allocated with the channel) stays small for
+        /// the many sessions that are mostly idle.
+        tx: mpsc::Sender<Box<Outgoing>>,
         client_id: Arc<str>,
         /// Set for a persistent session: its QoS 1/2 deliveries are stored before the
         /// publisher is acknowledged.
@@ -272,7 +274,7 @@ impl Router {
     pub fn register_session(
         &self,
         client_id: Arc<str>,
-        tx: mpsc::Sender<Outgoing>,
+        tx: mpsc::Sender<Box<Outgoing>>,
     ) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.write().sinks.insert(
@@ -456,7 +458,7 @@ impl Router {
                     if let Some(durable) = durable.filter(|_| out.qos != QoS::AtMostOnce) {
                         commits.extend(durable.put_message(&mut out));
                     }
-                    permit.send(out);
+                    permit.send(Box::new(out));
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(mpsc::error::TrySendError::Full(())) => {
@@ -531,7 +533,7 @@ impl Router {
 
 /// One delivery to a client session being assembled by [`Router::publish`].
 struct SessionDelivery {
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Box<Outgoing>>,
     durable: Option<Arc<Durable>>,
     out: Outgoing,
 }

@@ -45,7 +45,7 @@ pub(crate) struct Parked {
     /// The session's subscriptions, still registered with the router.
     pub(crate) handle: SessionHandle,
     /// Deliveries queued while offline.
-    pub(crate) out_rx: mpsc::Receiver<Outgoing>,
+    pub(crate) out_rx: mpsc::Receiver<Box<Outgoing>>,
     pub(crate) inflight_out: HashMap<u16, InFlight>,
     pub(crate) awaiting_rel: HashSet<u16>,
     pub(crate) next_packet_id: u16,
@@ -157,7 +157,7 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
                 }
                 // Room for every one of them was made above.
                 None => {
-                    let _ = tx.try_send(delivery.out);
+                    let _ = tx.try_send(Box::new(delivery.out));
                 }
             }
             next_seq += 1;
