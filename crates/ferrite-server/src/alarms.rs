@@ -132,7 +132,12 @@ impl AlarmService {
     /// Close the database and end the publication queue (after what is queued is routed).
     pub(crate) fn close(&self) {
         let mut state = self.lock();
-        state.db = None;
+        if let Some(db) = state.db.take() {
+            // Make the latest deduped counts (committed without fsync) durable.
+            if let Err(e) = db::begin(&db).and_then(|txn| db::commit(txn, true)) {
+                tracing::error!(error = %e, "the alarm store did not close cleanly");
+            }
+        }
         state.tx = None;
     }
 
