@@ -261,7 +261,7 @@ pub struct Alarm {
     #[serde(default)]
     pub history: Vec<Transition>,
     /// Times of the flips within the flap window (for flap detection).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, with = "rfc3339_vec", skip_serializing_if = "Vec::is_empty")]
     pub flips: Vec<Timestamp>,
 }
 
@@ -280,7 +280,8 @@ pub struct Raise {
     pub message: Option<String>,
     /// The output row.
     pub values: serde_json::Map<String, serde_json::Value>,
-    /// When (processing time).
+    /// When: processing time (the server's alarm store sets it from its clock, so flap
+    /// detection and rate limits never depend on devices' clocks).
     pub at: Timestamp,
 }
 
@@ -582,6 +583,22 @@ mod rfc3339_opt {
     }
 }
 
+mod rfc3339_vec {
+    use ferrite_core::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(ts: &[Timestamp], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(ts.iter().map(ToString::to_string))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Timestamp>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| t.parse().map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -783,6 +800,8 @@ mod tests {
         assert_eq!(json["type"], "overheat");
         assert_eq!(json["state"], "cleared_unacknowledged");
         assert_eq!(json["first_raised_at"], "1970-01-01T00:00:00Z");
+        // Flips older than the 60 s window before the last one (t = 99 s) are gone.
+        assert_eq!(json["flips"][0], "1970-01-01T00:00:39Z");
         let back: Alarm = serde_json::from_value(json).unwrap();
         assert_eq!(back, a);
         assert!(Severity::Critical > Severity::Major && Severity::Warning > Severity::Info);

@@ -90,7 +90,7 @@ struct Bucket {
 type Done = Option<oneshot::Receiver<()>>;
 
 impl AlarmService {
-    /// Open (or create) the store at `path`; the receiver goes to [`publish`].
+    /// Open (or create) the store at `path`; the receiver goes to [`publish_events`].
     pub(crate) fn open(
         path: &Path,
         config: &AlarmsConfig,
