@@ -14,13 +14,16 @@
 //!
 //! - the device registry and API tokens ([`fleet`]);
 //! - rules: definitions, enable/disable and counters ([`rules`]), served by whatever engine
-//!   the server puts in [`ApiState::rules`].
+//!   the server puts in [`ApiState::rules`];
+//! - alarms raised by rules: list, acknowledge, clear ([`alarms`]), served by the store in
+//!   [`ApiState::alarms`].
 //!
 //! Access: bearer API tokens with roles on every endpoint but `/healthz` and `/mqtt`
 //! ([`fleet::access`]); anonymous callers only where [`Anonymous`] allows.
 //! The same engine and access rules also answer over the PostgreSQL wire protocol ([`pg`]).
 //! Not here yet: streaming of large HTTP results.
 
+pub mod alarms;
 pub mod fleet;
 pub mod pg;
 mod publish;
@@ -64,6 +67,8 @@ pub struct ApiState {
     pub router: Option<ferrite_mqtt::Router>,
     /// The rules engine, for `/api/v1/rules`; `None` serves no rules.
     pub rules: Option<Arc<dyn rules::RulesApi>>,
+    /// The alarm store, for `/api/v1/alarms`; `None` serves no alarms.
+    pub alarms: Option<Arc<dyn alarms::AlarmsApi>>,
 }
 
 /// Build the API's router.
@@ -137,6 +142,11 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/rules/{name}/enable", post(rules::enable))
         .route("/api/v1/rules/{name}/disable", post(rules::disable))
+        .route("/api/v1/alarms", get(alarms::list))
+        .route("/api/v1/alarms/stats", get(alarms::stats))
+        .route("/api/v1/alarms/{id}", get(alarms::get))
+        .route("/api/v1/alarms/{id}/ack", post(alarms::ack))
+        .route("/api/v1/alarms/{id}/clear", post(alarms::clear))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), fleet::access))
         .with_state(state)

@@ -25,8 +25,10 @@ use ferrite_fleet::{ApiPrincipal, Permission};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::alarms::AlarmCounters;
 use crate::fleet::{require, tri};
 use crate::{ApiState, JsonBody, error};
+pub use ferrite_rules::alarm::Severity;
 
 /// A rule as the operator defines it; stored as given.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,21 +100,71 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         headers: BTreeMap<String, String>,
     },
+    /// Raise an alarm of type `alarm` for the row's device: one open alarm per rule × device ×
+    /// type, however often it fires (see `ferrite_rules::alarm`).
+    RaiseAlarm {
+        /// The alarm type, a template like republish topics (e.g. `overheat`).
+        alarm: String,
+        /// How severe.
+        severity: Severity,
+        /// A message template, e.g. `temperature ${temp} °C`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        /// The device, a template (default `${device_id}`: the message's device).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    /// Clear the open alarm of type `alarm` raised by `rule` (default: this rule) for the
+    /// row's device; nothing to clear is not a failure.
+    ClearAlarm {
+        /// The alarm type, a template.
+        alarm: String,
+        /// The rule that raised it (default: this rule).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+        /// The device, a template (default `${device_id}`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    /// Send a command to the row's device: published as JSON `{id, name, payload, rule,
+    /// issued_at}` on `devices/{device}/commands/{name}`. Fails (→ the error action) when the
+    /// device is disabled in the registry or nothing is subscribed to receive it.
+    Command {
+        /// The command name, a template; one topic level.
+        name: String,
+        /// The command's payload: any JSON whose strings are templates (a string that is
+        /// exactly `${column}` takes the column's value with its JSON type).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payload: Option<serde_json::Value>,
+        /// The device, a template (default `${device_id}`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// 0 or 1 (default 1).
+        #[serde(default = "one")]
+        qos: u8,
+    },
+}
+
+fn one() -> u8 {
+    1
 }
 
 impl Action {
-    /// `republish`, `table` or `webhook`.
+    /// `republish`, `table`, `webhook`, `raise_alarm`, `clear_alarm` or `command`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Republish { .. } => "republish",
             Self::Table { .. } => "table",
             Self::Webhook { .. } => "webhook",
+            Self::RaiseAlarm { .. } => "raise_alarm",
+            Self::ClearAlarm { .. } => "clear_alarm",
+            Self::Command { .. } => "command",
         }
     }
 }
 
 /// Counters of a rule since it was last (re)started.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleCounters {
     /// Messages delivered to the rule.
     pub messages: u64,
@@ -130,6 +182,9 @@ pub struct RuleCounters {
     pub actions_failed: u64,
     /// Rows dropped because the rule's action queue was full.
     pub actions_dropped: u64,
+    /// What its alarm actions did (and operators did to its alarms) since the server started.
+    #[serde(default)]
+    pub alarms: AlarmCounters,
 }
 
 /// A rule with its state, as the API shows it.
@@ -189,7 +244,7 @@ pub trait RulesApi: Send + Sync + 'static {
     fn create(&self, who: &str, rule: RuleDefinition) -> Result<RuleView, RulesApiError>;
     /// Replace a rule's definition (its state restarts).
     fn replace(&self, who: &str, rule: RuleDefinition) -> Result<RuleView, RulesApiError>;
-    /// Delete a rule (stopped at once).
+    /// Delete a rule (stopped at once; its alarms stay).
     fn delete(&self, who: &str, name: &str) -> Result<(), RulesApiError>;
     /// Enable or disable a rule.
     fn set_enabled(&self, who: &str, name: &str, enabled: bool) -> Result<RuleView, RulesApiError>;
@@ -254,7 +309,7 @@ fn who(p: &ApiPrincipal) -> String {
 
 /// Write a rule change into the fleet's audit log (after the change, in its own transaction;
 /// a failure to record is logged, the change stands).
-async fn audit(
+pub(crate) async fn audit(
     state: &ApiState,
     p: &ApiPrincipal,
     action: &'static str,

@@ -12,7 +12,9 @@
 //!   samples), plus duplicate suppression by message id;
 //! * [`detect`] — anomaly and sensor-fault detectors (EWMA z-score, seasonal baseline,
 //!   half-space trees, stuck-at, flat-line, out-of-range, gap, rate-of-change), each a small
-//!   state machine fed `(time, value)`.
+//!   state machine fed `(time, value)`;
+//! * [`alarm`] — the alarm lifecycle (raise, dedupe, escalate, acknowledge, clear, flap
+//!   detection) as a pure state machine over [`alarm::Alarm`] records.
 //!
 //! Deliberately does **not** do any I/O: it reads no clock (processing time is passed in),
 //! opens no socket or file and spawns nothing. Subscribing to the router, running actions
@@ -20,6 +22,7 @@
 //! metrics all live in the server, which feeds messages in and takes rows out.
 
 pub mod agg;
+pub mod alarm;
 pub mod datum;
 pub mod detect;
 pub mod error;

@@ -41,6 +41,37 @@ pub struct Config {
     pub query: QueryConfig,
     /// Device registry, credentials and brute-force protection.
     pub fleet: ferrite_fleet::FleetConfig,
+    /// Alarms raised by rules: flap detection and per-device rate limit.
+    pub alarms: AlarmsConfig,
+}
+
+/// `[alarms]`: flap detection and the per-device rate limit of new alarms.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlarmsConfig {
+    /// An alarm that flips between raised and cleared more than this many times within
+    /// `flap_window` is flapping: its raised/cleared events are no longer published.
+    pub flap_threshold: u32,
+    /// The window flips are counted in; flapping ends after a window without flips.
+    #[serde(with = "humantime_serde")]
+    pub flap_window: std::time::Duration,
+    /// New alarms a device may get per `rate_window`; more are dropped and counted.
+    pub max_new_per_device: u32,
+    /// The window of `max_new_per_device`.
+    #[serde(with = "humantime_serde")]
+    pub rate_window: std::time::Duration,
+}
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        let policy = ferrite_rules::alarm::AlarmPolicy::default();
+        Self {
+            flap_threshold: policy.flap_threshold,
+            flap_window: policy.flap_window,
+            max_new_per_device: 20,
+            rate_window: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[auth]`: who may connect.
@@ -131,6 +162,14 @@ impl Config {
         }
         if self.ingest.queue == 0 {
             errs.push("ingest.queue must be at least 1".to_owned());
+        }
+        if self.alarms.flap_threshold == 0 || self.alarms.max_new_per_device == 0 {
+            errs.push(
+                "alarms.flap_threshold and alarms.max_new_per_device must be at least 1".to_owned(),
+            );
+        }
+        if self.alarms.flap_window.is_zero() || self.alarms.rate_window.is_zero() {
+            errs.push("alarms.flap_window and alarms.rate_window must be more than 0s".to_owned());
         }
         errs.extend(self.mqtt.validate());
         errs.extend(self.store.validate());
@@ -257,6 +296,7 @@ pub fn load(sources: &ConfigSources) -> Result<(Config, Option<PathBuf>), Config
             "store" => section(value, &mut config.store, &key, &mut errs),
             "query" => section(value, &mut config.query, &key, &mut errs),
             "fleet" => section(value, &mut config.fleet, &key, &mut errs),
+            "alarms" => section(value, &mut config.alarms, &key, &mut errs),
             _ => {} // reported above as unknown
         }
     }
@@ -423,6 +463,7 @@ mod tests {
             ("FERRITE_STORE_WRITE_QUEUE", "9"),
             ("FERRITE_QUERY_MAX_ROWS", "11"),
             ("FERRITE_MQTT_SESSION_QUEUE", "13"),
+            ("FERRITE_ALARMS_FLAP_THRESHOLD", "4"),
         ];
         let s = ConfigSources {
             env: changes
@@ -441,6 +482,7 @@ mod tests {
         assert_eq!(c.store.write_queue, 9);
         assert_eq!(c.query.max_rows, 11);
         assert_eq!(c.mqtt.session_queue, 13);
+        assert_eq!(c.alarms.flap_threshold, 4);
         let top: Vec<String> = DEFAULT_TOML
             .parse::<Table>()
             .unwrap()
@@ -450,7 +492,8 @@ mod tests {
         assert_eq!(
             top,
             [
-                "auth", "data_dir", "fleet", "http", "ingest", "mqtt", "pg", "query", "store"
+                "alarms", "auth", "data_dir", "fleet", "http", "ingest", "mqtt", "pg", "query",
+                "store"
             ],
             "a new section needs a line in `load` and in this test"
         );

@@ -2,13 +2,14 @@
 //!
 //! Owns startup and shutdown of the whole system from one [`Config`]: opens the store
 //! (replaying its WAL), builds the router, subscribes the telemetry consumer to it, starts the
-//! MQTT gateway, the rules engine, the HTTP API and the PostgreSQL wire protocol, and on [`Server::shutdown`] stops them in the order that
+//! MQTT gateway, the alarm store, the rules engine, the HTTP API and the PostgreSQL wire protocol, and on [`Server::shutdown`] stops them in the order that
 //! loses nothing (listeners first, then the consumer drains, then the store's last group
 //! commit). The binary, the end-to-end tests and the benchmarks all start Ferrite through
 //! [`Server::start`].
 //!
 //! Also owns configuration loading ([`config`]). Holds no domain logic of its own.
 
+mod alarms;
 mod auth;
 pub mod config;
 mod events;
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use alarms::ALARM_TOPIC;
 pub use config::{Config, ConfigErrors, ConfigSources};
 pub use events::PRESENCE_TOPIC;
 pub use ferrite_api::Anonymous;
@@ -63,6 +65,9 @@ pub enum ServerError {
     /// The device registry could not be opened.
     #[error("opening the device registry: {0}")]
     Fleet(#[from] ferrite_fleet::FleetError),
+    /// The alarm store could not be opened.
+    #[error("alarm store: {0}")]
+    Alarms(String),
     /// The stored rules could not be loaded.
     #[error("rules file {path}: {message}")]
     Rules {
@@ -118,6 +123,8 @@ pub struct Server {
     ingest: TaskTracker,
     /// The rules engine; stopped before the ingest consumer drains (its tasks hold the router).
     rules: rules::RulesEngine,
+    /// The alarm store; closed after the rules stop, which ends its publisher task.
+    alarms: alarms::AlarmService,
 }
 
 impl Server {
@@ -231,11 +238,23 @@ impl Server {
         }
 
         let query = Arc::new(QueryEngine::new(Arc::clone(&store), config.query.clone())?);
+        let alarms_path = data_dir.join("rules").join("alarms.redb");
+        let alarms_config = config.alarms.clone();
+        let alarm_clock = Arc::clone(&clock);
+        let (alarms, alarm_events) = tokio::task::spawn_blocking(move || {
+            alarms::AlarmService::open(&alarms_path, &alarms_config, alarm_clock)
+        })
+        .await
+        .map_err(|e| ServerError::Alarms(e.to_string()))?
+        .map_err(ServerError::Alarms)?;
+        // Ends when the alarm store is closed at shutdown (after routing what is queued).
+        ingest.spawn(alarms::publish_events(alarm_events, router.clone()));
         let rules = rules::RulesEngine::start(
             data_dir.join("rules"),
             router.clone(),
             Arc::clone(&store),
             fleet.clone(),
+            alarms.clone(),
             clock,
             &shutdown,
         )?;
@@ -249,6 +268,7 @@ impl Server {
             anonymous: config.auth.anonymous,
             router: Some(router.clone()),
             rules: Some(Arc::new(rules.clone())),
+            alarms: Some(Arc::new(alarms.clone())),
         };
         let pg = TaskTracker::new();
         let (started, pg_started) = watch::channel(0);
@@ -314,6 +334,7 @@ impl Server {
             pg,
             ingest,
             rules,
+            alarms,
         })
     }
 
@@ -395,6 +416,8 @@ impl Server {
         self.pg.wait().await;
         // Rule tasks hold the router; they go before the ingest consumer can see it end.
         self.rules.stop().await;
+        // No rule raises any more and HTTP is gone: close the store, ending its publisher.
+        self.alarms.close();
         // Connections are gone; the router (held by them and the gateway) is dropped with the
         // MqttServer, which ends the ingest consumer's subscription.
         drop(self.mqtt);

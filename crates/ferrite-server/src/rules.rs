@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ServerError;
+use crate::alarms::AlarmService;
 
 /// Messages queued for one rule's evaluator; publishers wait when it is full.
 pub(crate) const QUEUE: usize = 1024;
@@ -64,6 +65,7 @@ struct Deps {
     router: Router,
     store: Arc<Store>,
     fleet: Fleet,
+    alarms: AlarmService,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
 }
@@ -85,6 +87,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// The rules; changed by API calls (on blocking threads), read by GETs.
     state: Mutex<State>,
+    /// Where the alarm counters of each rule are kept (they outlive rule restarts).
+    alarms: AlarmService,
 }
 
 struct State {
@@ -138,6 +142,7 @@ impl Counters {
             actions_ok: get(&self.actions_ok),
             actions_failed: get(&self.actions_failed),
             actions_dropped: get(&self.actions_dropped),
+            alarms: ferrite_api::alarms::AlarmCounters::default(),
         }
     }
 }
@@ -163,6 +168,7 @@ impl RulesEngine {
         router: Router,
         store: Arc<Store>,
         fleet: Fleet,
+        alarms: AlarmService,
         clock: Arc<dyn Clock>,
         shutdown: &CancellationToken,
     ) -> Result<Self, ServerError> {
@@ -190,10 +196,12 @@ impl RulesEngine {
                         router,
                         store,
                         fleet,
+                        alarms: alarms.clone(),
                         http,
                         clock,
                     })),
                 }),
+                alarms,
             }),
         };
         {
@@ -336,7 +344,7 @@ impl RulesEngine {
         if entry.def.enabled {
             entry.running = Some(self.spawn(&state, &entry, rule)?);
         }
-        let view = view(&entry);
+        let view = self.view(&entry);
         state.rules.insert(entry.def.name.clone(), entry);
         Ok(view)
     }
@@ -389,33 +397,31 @@ impl RulesApi for RulesEngine {
         self.lock()
             .rules
             .get(name)
-            .map(view)
+            .map(|e| self.view(e))
             .ok_or_else(|| RulesApiError::NotFound(name.to_owned()))
     }
 
     fn list(&self) -> Vec<RuleView> {
-        self.lock().rules.values().map(view).collect()
+        self.lock().rules.values().map(|e| self.view(e)).collect()
     }
 }
 
-fn view(e: &Entry) -> RuleView {
-    RuleView {
-        definition: e.def.clone(),
-        running: e.running.is_some(),
-        stats: e.counters.snapshot(),
-        error: e.error.clone(),
+impl RulesEngine {
+    fn view(&self, e: &Entry) -> RuleView {
+        let mut stats = e.counters.snapshot();
+        stats.alarms = self.inner.alarms.counters(&e.def.name);
+        RuleView {
+            definition: e.def.clone(),
+            running: e.running.is_some(),
+            stats,
+            error: e.error.clone(),
+        }
     }
 }
 
 /// Check a definition and compile its SQL.
 fn compile(def: &RuleDefinition) -> Result<Rule, RulesApiError> {
-    let name_ok = !def.name.is_empty()
-        && def.name.len() <= MAX_NAME_LEN
-        && def
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !name_ok {
+    if !valid_name(&def.name) {
         return Err(RulesApiError::invalid(format!(
             "rule name {:?}: use 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.'",
             def.name
@@ -481,8 +487,89 @@ fn check_action(a: &Action) -> Result<(), RulesApiError> {
                 }
             }
         }
+        Action::RaiseAlarm { alarm, device, .. } => {
+            check_alarm_type(a.kind(), alarm)?;
+            check_template(a.kind(), "device", device.as_deref())?;
+        }
+        Action::ClearAlarm {
+            alarm,
+            rule,
+            device,
+        } => {
+            check_alarm_type(a.kind(), alarm)?;
+            check_template(a.kind(), "device", device.as_deref())?;
+            if let Some(r) = rule
+                && !valid_name(r)
+            {
+                return Err(RulesApiError::invalid(format!(
+                    "clear_alarm: rule {r:?} is not a rule name"
+                )));
+            }
+        }
+        Action::Command {
+            name, device, qos, ..
+        } => {
+            if *qos > 1 {
+                return Err(RulesApiError::invalid(format!(
+                    "command: qos {qos}: use 0 or 1"
+                )));
+            }
+            check_template(a.kind(), "device", device.as_deref())?;
+            if name.is_empty() || name.contains(['/', '+', '#']) {
+                return Err(RulesApiError::invalid(format!(
+                    "command: name {name:?} must be one non-empty topic level (no '/', '+', '#')"
+                )));
+            }
+        }
     }
     Ok(())
+}
+
+/// Longest alarm type, in bytes.
+pub(crate) const MAX_ALARM_TYPE_LEN: usize = 64;
+
+/// Whether `t` may be an alarm type: like rule names.
+pub(crate) fn valid_alarm_type(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_ALARM_TYPE_LEN
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn check_alarm_type(kind: &str, alarm: &str) -> Result<(), RulesApiError> {
+    // A template is checked once rendered.
+    if alarm.contains("${") || valid_alarm_type(alarm) {
+        return check_template(kind, "alarm", Some(alarm));
+    }
+    Err(RulesApiError::invalid(format!(
+        "{kind}: alarm {alarm:?}: use 1 to {MAX_ALARM_TYPE_LEN} letters, digits, '-', '_' or '.' \
+         (or a ${{column}} template)"
+    )))
+}
+
+fn check_template(kind: &str, field: &str, t: Option<&str>) -> Result<(), RulesApiError> {
+    let Some(t) = t else { return Ok(()) };
+    let mut rest = t;
+    while let Some(start) = rest.find("${") {
+        let Some(end) = rest[start..].find('}') else {
+            return Err(RulesApiError::invalid(format!(
+                "{kind}: {field} {t:?}: unclosed ${{"
+            )));
+        };
+        rest = &rest[start + end + 1..];
+    }
+    if t.is_empty() {
+        return Err(RulesApiError::invalid(format!("{kind}: {field} is empty")));
+    }
+    Ok(())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The evaluator task of one rule (see the module docs).

@@ -1,6 +1,6 @@
 //! The rules engine end to end: rules created over REST, fed by real MQTT clients, acting
-//! through the broker (republish), the store (table) and HTTP (webhook), surviving a restart
-//! and switched on and off without one.
+//! through the broker (republish), the store (table), HTTP (webhook), alarms and device
+//! commands, surviving a restart and switched on and off without one.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{WAIT, api, connect_v5, start_with};
+use common::{WAIT, api, config, connect_v5, start_with};
 
 const HOT: &str = "SELECT device_id() AS device, temp FROM 'devices/+/telemetry' WHERE temp > 30";
 
@@ -26,6 +26,21 @@ struct Fixture {
 
 async fn start(dir: &Path) -> Fixture {
     let server = start_with(dir, ferrite_api::Anonymous::Loopback).await;
+    fixture(server)
+}
+
+/// Like [`start`], with the configuration changed by `f` first.
+async fn start_configured(dir: &Path, f: impl FnOnce(&mut ferrite_server::Config)) -> Fixture {
+    let mut c = config(dir, ferrite_api::Anonymous::Loopback);
+    f(&mut c);
+    fixture(
+        ferrite_server::Server::start(c)
+            .await
+            .expect("server starts"),
+    )
+}
+
+fn fixture(server: ferrite_server::Server) -> Fixture {
     Fixture {
         base: format!("http://{}/api/v1", server.http_addr()),
         mqtt: server.mqtt_addr(),
@@ -431,5 +446,480 @@ async fn webhooks_deliver_rows_and_failures_reach_the_error_action() {
     );
     let (_, v) = fx.call(Method::GET, "/rules/broken", None).await;
     assert_eq!(v["stats"]["actions_failed"], 1, "{v}");
+    fx.server.shutdown().await;
+}
+
+// ---- alarms and commands ----
+
+const HOTTER: &str =
+    "SELECT device_id() AS device, temp FROM 'devices/+/telemetry' WHERE temp > 80";
+const COOLER: &str =
+    "SELECT device_id() AS device, temp FROM 'devices/+/telemetry' WHERE temp <= 70";
+
+/// A rule raising `overheat` for hot readings; its second action republishes a marker on
+/// `done/{rule}/{device}` once the alarm's events are routed.
+fn raising_rule(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sql": HOTTER,
+        "actions": [
+            {"type": "raise_alarm", "alarm": "overheat", "severity": "major",
+             "message": "temperature ${temp}"},
+            {"type": "republish", "topic": format!("done/{name}/${{device}}")},
+        ],
+    })
+}
+
+/// A rule clearing the `overheat` alarms of rule `of`, with a marker like [`raising_rule`].
+fn clearing_rule(name: &str, of: &str) -> Value {
+    json!({
+        "name": name,
+        "sql": COOLER,
+        "actions": [
+            {"type": "clear_alarm", "alarm": "overheat", "rule": of},
+            {"type": "republish", "topic": format!("done/{name}/${{device}}")},
+        ],
+    })
+}
+
+impl Mqtt {
+    /// Messages delivered before the one on `marker` (which is consumed).
+    async fn until(&mut self, marker: &str) -> Vec<(String, Value)> {
+        let mut before = Vec::new();
+        loop {
+            let (topic, v) = self.message().await;
+            if topic == marker {
+                return before;
+            }
+            before.push((topic, v));
+        }
+    }
+
+    /// Publish a reading of `device` and return the alarm events published before the
+    /// marker of rule `marker_rule`.
+    async fn reading(
+        &mut self,
+        watcher: &mut Mqtt,
+        device: &str,
+        body: Value,
+        marker_rule: &str,
+    ) -> Vec<(String, Value)> {
+        self.publish(&format!("devices/{device}/telemetry"), body)
+            .await;
+        watcher.until(&format!("done/{marker_rule}/{device}")).await
+    }
+}
+
+fn events(got: &[(String, Value)]) -> Vec<String> {
+    got.iter()
+        .map(|(t, v)| {
+            assert_eq!(t.rsplit('/').next(), v["event"].as_str(), "{t} {v}");
+            t.clone()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn repeated_raises_are_one_alarm_per_device_with_one_raised_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = start(dir.path()).await;
+    fx.create(raising_rule("hot")).await;
+    let mut watcher = fx.client("watcher").await;
+    watcher.subscribe("$ferrite/alarms/#").await;
+    watcher.subscribe("done/#").await;
+    let mut dev = fx.client("publisher").await;
+    let mut got = Vec::new();
+    for temp in [85.0, 90.0, 95.5, 99.0, 120.0] {
+        got.extend(
+            dev.reading(&mut watcher, "s1", json!({ "temp": temp }), "hot")
+                .await,
+        );
+    }
+    assert_eq!(events(&got), ["$ferrite/alarms/hot/s1/raised"]);
+    let raised = &got[0].1["alarm"];
+    assert_eq!(raised["state"], "active");
+    assert_eq!(raised["severity"], "major");
+    assert_eq!(raised["count"], 1);
+    assert_eq!(raised["message"], "temperature 85.0");
+
+    let (status, v) = fx.call(Method::GET, "/alarms?state=active", None).await;
+    assert_eq!(status, 200, "{v}");
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    let a = &items[0];
+    assert_eq!(
+        (&a["rule"], &a["device"], &a["type"]),
+        (&json!("hot"), &json!("s1"), &json!("overheat"))
+    );
+    assert_eq!(a["count"], 5);
+    assert_eq!(a["message"], "temperature 120.0");
+    assert_eq!(a["values"], json!({"device": "s1", "temp": 120.0}));
+    assert!(a["last_raised_at"].as_str().unwrap() > a["first_raised_at"].as_str().unwrap());
+
+    // Another device: a second alarm, and its own raised event.
+    let got = dev
+        .reading(&mut watcher, "s2", json!({"temp": 81}), "hot")
+        .await;
+    assert_eq!(events(&got), ["$ferrite/alarms/hot/s2/raised"]);
+    let (_, v) = fx.call(Method::GET, "/alarms", None).await;
+    let devices: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices, ["s2", "s1"], "newest first");
+    let (_, v) = fx.call(Method::GET, "/alarms?device=s1", None).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    let (status, _) = fx.call(Method::GET, "/alarms?severity=bad", None).await;
+    assert_eq!(status, 400);
+
+    let (_, rule) = fx.call(Method::GET, "/rules/hot", None).await;
+    let stats = &rule["stats"]["alarms"];
+    assert_eq!(stats["raised"], 2, "{rule}");
+    assert_eq!(stats["deduped"], 4, "{rule}");
+    assert_eq!(stats["published"], 2, "{rule}");
+    let (_, totals) = fx.call(Method::GET, "/alarms/stats", None).await;
+    assert_eq!(&totals, stats);
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn alarms_are_acknowledged_cleared_by_rules_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = start(dir.path()).await;
+    fx.create(raising_rule("hot")).await;
+    fx.create(clearing_rule("cool", "hot")).await;
+    let mut watcher = fx.client("watcher").await;
+    watcher.subscribe("$ferrite/alarms/#").await;
+    watcher.subscribe("done/#").await;
+    let mut dev = fx.client("publisher").await;
+
+    let got = dev
+        .reading(&mut watcher, "k1", json!({"temp": 90}), "hot")
+        .await;
+    assert_eq!(events(&got), ["$ferrite/alarms/hot/k1/raised"]);
+    let first = got[0].1["alarm"]["id"].as_u64().unwrap();
+
+    // A viewer reads but may not acknowledge.
+    let (status, t) = fx
+        .call(
+            Method::POST,
+            "/tokens",
+            Some(json!({"name": "wall", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{t}");
+    let viewer = t["token"].as_str().unwrap();
+    let url = |p: &str| format!("{}{p}", fx.base);
+    let (status, _) = api(
+        Method::GET,
+        url(&format!("/alarms/{first}")),
+        Some(viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = api(
+        Method::POST,
+        url(&format!("/alarms/{first}/ack")),
+        Some(viewer),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Acknowledged: state, event, audit; a second ack is a conflict.
+    let (status, a) = fx
+        .call(
+            Method::POST,
+            &format!("/alarms/{first}/ack"),
+            Some(json!({"note": "fan replaced"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["state"], "acknowledged");
+    assert_eq!(a["ack_note"], "fan replaced");
+    let (topic, event) = watcher.message().await;
+    assert_eq!(topic, "$ferrite/alarms/hot/k1/acknowledged");
+    assert_eq!(event["alarm"]["acknowledged_by"], a["acknowledged_by"]);
+    let (status, v) = fx
+        .call(Method::POST, &format!("/alarms/{first}/ack"), None)
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("already acknowledged")
+    );
+
+    // Cleared by the other rule: an acknowledged alarm closes.
+    let got = dev
+        .reading(&mut watcher, "k1", json!({"temp": 60}), "cool")
+        .await;
+    assert_eq!(events(&got), ["$ferrite/alarms/hot/k1/cleared"]);
+    let (_, a) = fx
+        .call(Method::GET, &format!("/alarms/{first}"), None)
+        .await;
+    assert_eq!(a["state"], "cleared");
+    assert_eq!(a["cleared_by"], "rule:cool");
+    let history: Vec<&str> = a["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["raised", "acknowledged", "cleared"]);
+
+    // Hot again: a new alarm; an operator clears it, and a second clear is a conflict.
+    let got = dev
+        .reading(&mut watcher, "k1", json!({"temp": 95}), "hot")
+        .await;
+    assert_eq!(events(&got), ["$ferrite/alarms/hot/k1/raised"]);
+    let second = got[0].1["alarm"]["id"].as_u64().unwrap();
+    assert_ne!(second, first);
+    let (status, a) = fx
+        .call(Method::POST, &format!("/alarms/{second}/clear"), None)
+        .await;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["state"], "cleared");
+    assert_eq!(watcher.message().await.0, "$ferrite/alarms/hot/k1/cleared");
+    let (status, _) = fx
+        .call(Method::POST, &format!("/alarms/{second}/clear"), None)
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = fx.call(Method::POST, "/alarms/999/ack", None).await;
+    assert_eq!(status, 404);
+
+    for (id, action) in [(first, "alarm.ack"), (second, "alarm.clear")] {
+        let (status, audit) = fx
+            .call(Method::GET, &format!("/audit?target=alarm/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "{audit}");
+        let actions: Vec<&str> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, [action], "{audit}");
+    }
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn flapping_alarms_stop_publishing_and_count_what_they_suppress() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = start_configured(dir.path(), |c| {
+        c.alarms.flap_threshold = 3;
+        c.alarms.flap_window = std::time::Duration::from_secs(600);
+    })
+    .await;
+    fx.create(raising_rule("hot")).await;
+    fx.create(clearing_rule("cool", "hot")).await;
+    let mut watcher = fx.client("watcher").await;
+    watcher.subscribe("$ferrite/alarms/#").await;
+    watcher.subscribe("done/#").await;
+    let mut dev = fx.client("publisher").await;
+    let mut got = Vec::new();
+    // Open, then six flips: the fourth flip makes it flapping, flips 4 to 6 are suppressed.
+    for i in 0..7 {
+        let (temp, rule) = if i % 2 == 0 {
+            (90, "hot")
+        } else {
+            (60, "cool")
+        };
+        got.extend(
+            dev.reading(&mut watcher, "f1", json!({ "temp": temp }), rule)
+                .await,
+        );
+    }
+    let prefix = "$ferrite/alarms/hot/f1/";
+    assert_eq!(
+        events(&got),
+        ["raised", "cleared", "raised", "cleared", "flapping"].map(|e| format!("{prefix}{e}"))
+    );
+    assert_eq!(got[4].1["alarm"]["flapping"], true);
+    let (_, v) = fx.call(Method::GET, "/alarms", None).await;
+    let a = &v["items"][0];
+    assert_eq!(
+        v["items"].as_array().unwrap().len(),
+        1,
+        "one alarm throughout"
+    );
+    assert_eq!(a["flapping"], true);
+    assert_eq!(a["state"], "active");
+    assert_eq!(a["count"], 4);
+    let (_, rule) = fx.call(Method::GET, "/rules/hot", None).await;
+    assert_eq!(rule["stats"]["alarms"]["suppressed_flapping"], 3, "{rule}");
+    assert_eq!(rule["stats"]["alarms"]["published"], 5, "{rule}");
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn new_alarms_are_rate_limited_per_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = start_configured(dir.path(), |c| c.alarms.max_new_per_device = 2).await;
+    fx.create(json!({
+        "name": "kinds",
+        "sql": "SELECT device_id() AS device, kind, temp FROM 'devices/+/telemetry' WHERE temp > 80",
+        "actions": [
+            {"type": "raise_alarm", "alarm": "${kind}", "severity": "minor"},
+            {"type": "republish", "topic": "done/kinds/${device}"},
+        ],
+    }))
+    .await;
+    let mut watcher = fx.client("watcher").await;
+    watcher.subscribe("$ferrite/alarms/#").await;
+    watcher.subscribe("done/#").await;
+    let mut dev = fx.client("publisher").await;
+    let mut raised = Vec::new();
+    for (device, kind) in [
+        ("r1", "a"),
+        ("r1", "b"),
+        ("r1", "c"),
+        ("r1", "a"),
+        ("r2", "c"),
+    ] {
+        let got = dev
+            .reading(
+                &mut watcher,
+                device,
+                json!({"temp": 90, "kind": kind}),
+                "kinds",
+            )
+            .await;
+        raised.extend(got.iter().map(|(_, v)| {
+            format!(
+                "{}/{}",
+                v["alarm"]["device"].as_str().unwrap(),
+                v["alarm"]["type"].as_str().unwrap()
+            )
+        }));
+    }
+    assert_eq!(
+        raised,
+        ["r1/a", "r1/b", "r2/c"],
+        "r1's third new alarm is dropped"
+    );
+    let (_, v) = fx.call(Method::GET, "/alarms?rule=kinds", None).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 3);
+    let (_, rule) = fx.call(Method::GET, "/rules/kinds", None).await;
+    let stats = &rule["stats"]["alarms"];
+    assert_eq!(stats["rate_limited"], 1, "{rule}");
+    assert_eq!(stats["deduped"], 1, "{rule}");
+    assert_eq!(
+        rule["stats"]["actions_failed"], 0,
+        "a dropped raise is not a failure"
+    );
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn alarms_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = start(dir.path()).await;
+    fx.create(raising_rule("hot")).await;
+    let mut watcher = fx.client("watcher").await;
+    watcher.subscribe("done/#").await;
+    let mut dev = fx.client("publisher").await;
+    for device in ["p1", "p2", "p3", "p1"] {
+        dev.reading(&mut watcher, device, json!({"temp": 88}), "hot")
+            .await;
+    }
+    let (status, _) = fx.call(Method::POST, "/alarms/2/ack", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = fx.call(Method::POST, "/alarms/3/clear", None).await;
+    assert_eq!(status, 200);
+    let (_, before) = fx.call(Method::GET, "/alarms", None).await;
+    fx.server.shutdown().await;
+
+    let fx = start(dir.path()).await;
+    let (status, after) = fx.call(Method::GET, "/alarms", None).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after, before);
+    let states: Vec<&str> = after["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["cleared", "acknowledged", "active"]);
+    assert_eq!(after["items"][2]["count"], 2);
+    // The open alarm of p1 is still the one a raise folds into.
+    let mut watcher = fx.client("watcher").await;
+    watcher.subscribe("done/#").await;
+    let mut dev = fx.client("publisher").await;
+    dev.reading(&mut watcher, "p1", json!({"temp": 88}), "hot")
+        .await;
+    let (_, a) = fx.call(Method::GET, "/alarms/1", None).await;
+    assert_eq!(a["count"], 3);
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn command_action_reaches_the_device_and_undeliverable_ones_the_error_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = start(dir.path()).await;
+    fx.create(json!({
+        "name": "cooling",
+        "sql": HOTTER,
+        "actions": [{"type": "command", "name": "fan",
+                     "payload": {"speed": "max", "reading": "${temp}", "why": "${device} is hot"}}],
+        "error_action": {"type": "republish", "topic": "errors/${device_id}"},
+    }))
+    .await;
+    let mut device = fx.client("c1").await;
+    device.subscribe("devices/c1/commands/#").await;
+    let mut watcher = fx.client("watcher").await;
+    watcher.subscribe("errors/#").await;
+    let mut dev = fx.client("publisher").await;
+
+    dev.publish("devices/c1/telemetry", json!({"temp": 95.5}))
+        .await;
+    let (topic, command) = device.message().await;
+    assert_eq!(topic, "devices/c1/commands/fan");
+    assert_eq!(command["name"], "fan");
+    assert_eq!(command["rule"], "cooling");
+    assert_eq!(
+        command["payload"],
+        json!({"speed": "max", "reading": 95.5, "why": "c1 is hot"})
+    );
+    assert!(!command["id"].as_str().unwrap().is_empty());
+
+    // Nobody listens for c2's commands: the failure goes to the error action.
+    dev.publish("devices/c2/telemetry", json!({"temp": 99}))
+        .await;
+    let (topic, error) = watcher.message().await;
+    assert_eq!(topic, "errors/c2");
+    assert_eq!(error["action"], "command");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing subscribed"),
+        "{error}"
+    );
+    let (_, rule) = fx.call(Method::GET, "/rules/cooling", None).await;
+    assert_eq!(rule["stats"]["actions_ok"], 1, "{rule}");
+    assert_eq!(rule["stats"]["actions_failed"], 1, "{rule}");
+
+    // Bad alarm and command definitions are refused.
+    for action in [
+        json!({"type": "raise_alarm", "alarm": "has space", "severity": "major"}),
+        json!({"type": "raise_alarm", "alarm": "x", "severity": "fatal"}),
+        json!({"type": "command", "name": "a/b"}),
+        json!({"type": "clear_alarm", "alarm": "x", "rule": "no/such"}),
+    ] {
+        let (status, v) = fx
+            .call(
+                Method::POST,
+                "/rules",
+                Some(json!({"name": "bad", "sql": HOTTER, "actions": [action]})),
+            )
+            .await;
+        assert_eq!(status, 400, "{action} {v}");
+    }
     fx.server.shutdown().await;
 }

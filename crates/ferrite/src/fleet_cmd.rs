@@ -970,7 +970,7 @@ fn actor(v: &Value) -> String {
 }
 
 /// Percent-encode a query value (RFC 3986 unreserved characters pass).
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

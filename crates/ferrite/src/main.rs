@@ -3,6 +3,7 @@
 //! 0 success, 1 runtime failure, 2 bad configuration or usage.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod alarm_cmd;
 mod bench_cmd;
 mod fleet_cmd;
 mod rule_cmd;
@@ -112,6 +113,13 @@ enum Command {
         api: fleet_cmd::ApiArgs,
         #[command(subcommand)]
         command: rule_cmd::RuleCommand,
+    },
+    /// Alarms raised by rules (`list`, `show`, `ack`, `clear`).
+    Alarm {
+        #[command(flatten)]
+        api: fleet_cmd::ApiArgs,
+        #[command(subcommand)]
+        command: alarm_cmd::AlarmCommand,
     },
     /// Benchmarks against any broker (the load side of `bench/mqtt`); JSON figures on
     /// standard output.
@@ -391,6 +399,7 @@ fn main() -> ExitCode {
         Command::Claim { api, command } => runtime.block_on(fleet_cmd::claim(api, command)),
         Command::Audit(args) => runtime.block_on(fleet_cmd::audit(args)),
         Command::Rule { api, command } => runtime.block_on(rule_cmd::rule(api, command)),
+        Command::Alarm { api, command } => runtime.block_on(alarm_cmd::alarm(api, command)),
         Command::Bench {
             command: BenchCommand::Mqtt { bench },
         } => runtime.block_on(bench_cmd::mqtt(bench)),

@@ -1254,3 +1254,108 @@ fn rule_test_traces_a_rule_offline() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `ferrite alarm list/ack/clear` against a server whose rule raised alarms from live MQTT.
+#[tokio::test]
+async fn alarms_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let http = server.http.to_string();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--http", &http]);
+        ferrite(&all, None)
+    };
+    stdout_of(&run(&[
+        "rule",
+        "create",
+        "hot",
+        "--sql",
+        "SELECT device_id() AS device, temp FROM 'devices/+/telemetry' WHERE temp > 80",
+        "--action",
+        r#"{"type": "raise_alarm", "alarm": "overheat", "severity": "critical", "message": "temp ${temp}"}"#,
+    ]));
+    let mut watcher = Client::connect(server.mqtt, "watcher", ProtocolVersion::V5)
+        .await
+        .unwrap();
+    watcher
+        .subscribe("$ferrite/alarms/#", ferrite_mqtt_codec::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut dev = Client::connect(server.mqtt, "pump-1", ProtocolVersion::V5)
+        .await
+        .unwrap();
+    for temp in [91, 93] {
+        dev.publish_qos1(
+            "devices/pump-1/telemetry",
+            format!(r#"{{"temp":{temp}}}"#).into(),
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(WAIT, dev.next_ack())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let raised = tokio::time::timeout(WAIT, watcher.next_message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(raised.topic, "$ferrite/alarms/hot/pump-1/raised");
+    let event: serde_json::Value = serde_json::from_slice(&raised.payload).unwrap();
+    let id = event["alarm"]["id"].to_string();
+
+    let list = stdout_of(&run(&["alarm", "list"]));
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(lines[0].starts_with("ID"), "{list}");
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        &cells[..6],
+        [
+            id.as_str(),
+            "active",
+            "critical",
+            "hot",
+            "pump-1",
+            "overheat"
+        ],
+        "{list}"
+    );
+    assert_eq!(
+        lines[0].find("SEVERITY"),
+        lines[1].find("critical"),
+        "aligned: {list}"
+    );
+
+    let acked = stdout_of(&run(&["alarm", "ack", &id, "--note", "on my way"]));
+    assert_eq!(acked, format!("alarm {id} acknowledged: acknowledged\n"));
+    let ack_event = tokio::time::timeout(WAIT, watcher.next_message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ack_event.topic, "$ferrite/alarms/hot/pump-1/acknowledged");
+    let again = run(&["alarm", "ack", &id]);
+    assert_eq!(again.status.code(), Some(2), "a second ack is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("409"));
+
+    assert_eq!(
+        stdout_of(&run(&["alarm", "list", "--state", "active"]))
+            .lines()
+            .count(),
+        1,
+        "only the header"
+    );
+    let acked = stdout_of(&run(&["alarm", "list", "--state", "acknowledged"]));
+    assert!(acked.lines().nth(1).unwrap().starts_with(&id), "{acked}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout_of(&run(&["alarm", "show", &id]))).unwrap();
+    assert_eq!(shown["ack_note"], "on my way");
+    assert_eq!(shown["count"], 2);
+    assert_eq!(
+        stdout_of(&run(&["alarm", "clear", &id])),
+        format!("alarm {id} cleared\n")
+    );
+    let bad = run(&["alarm", "list", "--state", "sleeping"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

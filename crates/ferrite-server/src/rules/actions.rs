@@ -15,25 +15,39 @@
 //!   backoff doubling from [`WEBHOOK_BACKOFF`]; connection errors and 5xx/429 are retried,
 //!   other statuses are not; anything but 2xx is a failure.
 //!
+//! - `raise_alarm` / `clear_alarm`: the alarm store ([`crate::alarms`]) raises or clears the
+//!   alarm of (rule, device, type) — type, message and device rendered like topics (device
+//!   default `${device_id}`) — and the action waits until the lifecycle events are routed, so
+//!   a later action's effects never overtake them. A rate-limited raise and a clear with
+//!   nothing to clear are not failures (they are counted in the rule's alarm stats).
+//! - `command`: `{id, name, payload, rule, issued_at}` published at the action's QoS on
+//!   `devices/{device}/commands/{name}` through the router (the device contract of the
+//!   design); `payload` strings are rendered, and a string that is exactly `${column}` takes
+//!   the column's JSON value. A device the registry knows as disabled, or a command nothing
+//!   is subscribed to receive (the device is offline and has no persistent session), is a
+//!   failure.
+//!
 //! A failed action is counted and logged, and if the rule has an `error_action` it runs with
 //! the row `{"rule", "action", "error", "row"}` (its own failure is only logged).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ferrite_api::rules::Action;
 use ferrite_core::decode::check_field_name;
-use ferrite_core::{DEVICE_ID_TAG, Measurement, Point, TopicName, Value};
+use ferrite_core::{DEVICE_ID_TAG, DeviceId, Measurement, Point, TopicName, Value};
 use ferrite_mqtt::{Message, Verdict};
 use ferrite_mqtt_codec::{Properties, QoS};
+use ferrite_rules::alarm::Raise;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, Deps, Job};
+use crate::rules::valid_alarm_type;
 
 /// Tries per webhook call.
 pub(crate) const WEBHOOK_ATTEMPTS: u32 = 3;
@@ -82,7 +96,7 @@ pub(crate) async fn run(runner: Runner, mut rx: mpsc::Receiver<Job>, cancel: Can
 impl Runner {
     async fn run_all(&self, job: &Job, me: &Arc<str>) {
         for action in &self.actions {
-            match execute(action, job, &self.deps, me).await {
+            match execute(action, job, &self.deps, &self.rule, me).await {
                 Ok(()) => {
                     self.counters.actions_ok.fetch_add(1, Ordering::Relaxed);
                 }
@@ -104,7 +118,7 @@ impl Runner {
                         .unwrap_or_default(),
                         ..job.clone()
                     };
-                    if let Err(e) = execute(on_error, &report, &self.deps, me).await {
+                    if let Err(e) = execute(on_error, &report, &self.deps, &self.rule, me).await {
                         tracing::warn!(rule = %self.rule, action = on_error.kind(), error = %e, "rule error action failed");
                     }
                 }
@@ -113,7 +127,13 @@ impl Runner {
     }
 }
 
-async fn execute(action: &Action, job: &Job, deps: &Deps, me: &Arc<str>) -> Result<(), String> {
+async fn execute(
+    action: &Action,
+    job: &Job,
+    deps: &Deps,
+    rule: &str,
+    me: &Arc<str>,
+) -> Result<(), String> {
     match action {
         Action::Republish { topic, qos, retain } => {
             let topic = render(topic, job)?;
@@ -153,7 +173,192 @@ async fn execute(action: &Action, job: &Job, deps: &Deps, me: &Arc<str>) -> Resu
                 .map_err(|e| e.to_string())
         }
         Action::Webhook { url, headers } => webhook(&deps.http, url, headers, &job.row).await,
+        Action::RaiseAlarm {
+            alarm,
+            severity,
+            message,
+            device,
+        } => {
+            let raise = Raise {
+                rule: rule.to_owned(),
+                device: device_of(device.as_deref(), job)?,
+                alarm_type: alarm_type(alarm, job)?,
+                severity: *severity,
+                message: message.as_deref().map(|m| render(m, job)).transpose()?,
+                values: job.row.clone(),
+                at: job.time,
+            };
+            let alarms = deps.alarms.clone();
+            let done = tokio::task::spawn_blocking(move || alarms.raise(raise))
+                .await
+                .map_err(|e| format!("alarm task failed: {e}"))??;
+            if let Some(done) = done {
+                let _ = done.await;
+            }
+            Ok(())
+        }
+        Action::ClearAlarm {
+            alarm,
+            rule: of,
+            device,
+        } => {
+            let device = device_of(device.as_deref(), job)?;
+            let alarm_type = alarm_type(alarm, job)?;
+            let of = of.as_deref().unwrap_or(rule).to_owned();
+            let (alarms, by) = (deps.alarms.clone(), rule.to_owned());
+            let done = tokio::task::spawn_blocking(move || {
+                alarms.clear_by_rule((&of, &device, &alarm_type), &by)
+            })
+            .await
+            .map_err(|e| format!("alarm task failed: {e}"))??;
+            if let Some(done) = done {
+                let _ = done.await;
+            }
+            Ok(())
+        }
+        Action::Command {
+            name,
+            payload,
+            device,
+            qos,
+        } => {
+            command(
+                name,
+                payload.as_ref(),
+                device.as_deref(),
+                *qos,
+                job,
+                deps,
+                rule,
+                me,
+            )
+            .await
+        }
     }
+}
+
+/// The device an alarm or command is about: the rendered template, else `${device_id}`.
+fn device_of(template: Option<&str>, job: &Job) -> Result<String, String> {
+    let device = render(template.unwrap_or("${device_id}"), job)?;
+    if device.is_empty() {
+        return Err(
+            "no device: the message has none and the row no device_id; set the action's device"
+                .to_owned(),
+        );
+    }
+    DeviceId::new(device.as_str()).map_err(|e| format!("device {device:?}: {e}"))?;
+    Ok(device)
+}
+
+fn alarm_type(template: &str, job: &Job) -> Result<String, String> {
+    let t = render(template, job)?;
+    if !valid_alarm_type(&t) {
+        return Err(format!(
+            "alarm type {t:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(t)
+}
+
+/// Commands issued by this process, for unique ids.
+static COMMANDS: AtomicU64 = AtomicU64::new(0);
+
+#[allow(clippy::too_many_arguments)] // the action's fields and what running it needs
+async fn command(
+    name: &str,
+    payload: Option<&Json>,
+    device: Option<&str>,
+    qos: u8,
+    job: &Job,
+    deps: &Deps,
+    rule: &str,
+    me: &Arc<str>,
+) -> Result<(), String> {
+    let device = device_of(device, job)?;
+    let name = render(name, job)?;
+    if name.is_empty() || name.contains(['/', '+', '#']) {
+        return Err(format!(
+            "command name {name:?} must be one non-empty topic level"
+        ));
+    }
+    let id = DeviceId::new(device.as_str()).map_err(|e| e.to_string())?;
+    let fleet = deps.fleet.clone();
+    let registered = tokio::task::spawn_blocking(move || fleet.get_device(&id))
+        .await
+        .map_err(|e| format!("registry task failed: {e}"))?
+        .map_err(|e| format!("registry: {e}"))?;
+    if registered.is_some_and(|d| !d.enabled) {
+        return Err(format!("device {device} is disabled"));
+    }
+    let topic = format!("devices/{device}/commands/{name}");
+    let topic = TopicName::new(topic.as_str()).map_err(|e| format!("topic {topic:?}: {e}"))?;
+    let now = deps.clock.now();
+    let seq = COMMANDS.fetch_add(1, Ordering::Relaxed);
+    let command_id = format!("{:x}-{seq:x}", now.as_nanos());
+    let body = serde_json::json!({
+        "id": command_id,
+        "name": name,
+        "payload": payload.map(|p| render_json(p, job)).transpose()?.unwrap_or(Json::Null),
+        "rule": rule,
+        "issued_at": now.to_string(),
+    });
+    let outcome = deps
+        .router
+        .publish(Message {
+            topic,
+            payload: Bytes::from(body.to_string()),
+            qos: if qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            retain: false,
+            properties: Properties {
+                payload_format_indicator: Some(1),
+                content_type: Some("application/json".to_owned()),
+                ..Properties::default()
+            },
+            publisher: Arc::clone(me),
+            received_at: now,
+        })
+        .await;
+    match outcome.verdict {
+        Verdict::Rejected(code, why) => Err(format!("command refused ({code:?}): {why}")),
+        Verdict::Accepted if outcome.matched == 0 => Err(format!(
+            "command {name} ({command_id}) to {device}: nothing subscribed to receive it \
+             (the device is offline)"
+        )),
+        Verdict::Accepted => Ok(()),
+    }
+}
+
+/// Render every string of `template`; a string that is exactly `${column}` of an existing
+/// column takes that column's JSON value.
+fn render_json(template: &Json, job: &Job) -> Result<Json, String> {
+    Ok(match template {
+        Json::String(s) => {
+            let whole = s
+                .strip_prefix("${")
+                .and_then(|r| r.strip_suffix('}'))
+                .filter(|k| !k.contains(['{', '}', '$']));
+            match whole.and_then(|k| job.row.get(k)) {
+                Some(v) => v.clone(),
+                None => Json::String(render(s, job)?),
+            }
+        }
+        Json::Array(items) => Json::Array(
+            items
+                .iter()
+                .map(|v| render_json(v, job))
+                .collect::<Result<_, _>>()?,
+        ),
+        Json::Object(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_json(v, job)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
 }
 
 /// Fill `${name}` placeholders from the row, then `device_id` and `topic` of the message.
@@ -277,6 +482,24 @@ mod tests {
         assert_eq!(render("${topic}/x", &j).unwrap(), "devices/d1/telemetry/x");
         assert!(render("a/${nope}", &j).is_err());
         assert!(render("a/${device", &j).is_err());
+    }
+
+    #[test]
+    fn command_payloads_keep_column_types() {
+        let j = job(serde_json::json!({"temp": 91.5, "device": "d9"}));
+        let p = render_json(
+            &serde_json::json!({"reading": "${temp}", "note": "hot ${device}", "n": [1, "${device}"]}),
+            &j,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            serde_json::json!({"reading": 91.5, "note": "hot d9", "n": [1, "d9"]})
+        );
+        assert_eq!(device_of(None, &j).unwrap(), "d1");
+        assert_eq!(device_of(Some("${device}"), &j).unwrap(), "d9");
+        assert!(device_of(Some("a/b"), &j).is_err());
+        assert!(alarm_type("x y", &j).is_err());
     }
 
     #[test]
