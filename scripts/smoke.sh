@@ -4,7 +4,8 @@
 # its token, publish with mosquitto_pub (MQTT 5, 3.1.1, over TLS with an openssl-made CA, and
 # with a client certificate from the fleet's CA), enroll a device with a claim token, publish
 # over HTTP with device credentials, watch a presence event, resume a persistent session,
-# receive with mosquitto_sub, query with curl and with psql (PostgreSQL wire protocol),
+# receive with mosquitto_sub, run the Paho (Python) interop suite, query with curl and with
+# psql (PostgreSQL wire protocol),
 # kill -9 right after the PUBACK, restart, and check the rows, a persistent session's queued
 # message and a retained message are still there.
 # Talks only to 127.0.0.1; every wait is bounded.
@@ -86,6 +87,11 @@ done
 # MQTT over TLS with the operator's CA.
 mosquitto_pub -h localhost -p "$tport" --cafile "$work/ca.pem" -V mqttv5 -q 1 -t devices/d4/telemetry \
   -m '{"temperature":5.5}' || fail "mosquitto_pub over TLS"
+
+# Eclipse Paho for Python, MQTT 3.1.1 and 5: QoS 2, retained, will, persistent session,
+# shared subscriptions, TLS and WebSocket.
+timeout 180 python3 scripts/interop_paho.py --mqtt "$mqtt" --tls "$tport" --ca "$work/ca.pem" --http "$http" \
+  || fail "Paho interop"
 
 # Mutual TLS with the fleet's own CA, created while the server runs; presence is announced.
 cli() { FERRITE_TOKEN="$admin" "$bin" "$@" --http "$http"; }

@@ -18,6 +18,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+# Eclipse Paho for the MQTT interop suite (scripts/interop_paho.py).
+python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
