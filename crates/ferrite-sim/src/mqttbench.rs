@@ -76,6 +76,16 @@ fn encode(packet: &Packet, buf: &mut BytesMut) -> Result<(), BenchError> {
 }
 
 async fn connect(addr: SocketAddr, client_id: &str) -> Result<Conn, BenchError> {
+    connect_session(addr, client_id, None).await.map(|(c, _)| c)
+}
+
+/// Connect; with `expiry` a persistent session (Clean Start = 0, that Session Expiry
+/// Interval). Returns the connection and CONNACK's session-present flag.
+async fn connect_session(
+    addr: SocketAddr,
+    client_id: &str,
+    expiry: Option<u32>,
+) -> Result<(Conn, bool), BenchError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (half, mut writer) = stream.into_split();
@@ -90,7 +100,7 @@ async fn connect(addr: SocketAddr, client_id: &str) -> Result<Conn, BenchError> 
     encode(
         &Packet::Connect(Connect {
             protocol: VERSION,
-            clean_start: true,
+            clean_start: expiry.is_none(),
             keep_alive: 300,
             client_id: client_id.to_owned(),
             will: None,
@@ -98,6 +108,7 @@ async fn connect(addr: SocketAddr, client_id: &str) -> Result<Conn, BenchError> 
             password: None,
             properties: Properties {
                 receive_maximum: Some(u16::MAX),
+                session_expiry_interval: expiry,
                 ..Properties::default()
             },
         }),
@@ -106,7 +117,7 @@ async fn connect(addr: SocketAddr, client_id: &str) -> Result<Conn, BenchError> 
     writer.write_all(&buf).await?;
     match reader.next().await? {
         Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::SUCCESS => {
-            Ok(Conn { reader, writer })
+            Ok((Conn { reader, writer }, a.session_present))
         }
         Some(Packet::ConnAck(a)) => Err(BenchError::Protocol(format!(
             "CONNECT refused: {}",
@@ -528,5 +539,135 @@ pub async fn idle_memory(
         rss_before_kib: before,
         rss_after_kib: after,
         bytes_per_connection: (after.saturating_sub(before) * 1024) as f64 / count.max(1) as f64,
+    })
+}
+
+/// What [`publish_logged`] did before its connection ended.
+#[derive(Debug, Serialize)]
+pub struct PublishLog {
+    /// Publishes sent.
+    pub sent: u64,
+    /// Publishes the broker acknowledged with success (each written to the log).
+    pub acked: u64,
+}
+
+/// Publish QoS 1 messages numbered from `first` (the number is the payload, as text) to
+/// `topic` with `window` in flight, for at most `duration`, appending the number of each
+/// successfully acknowledged one to `log` as it is acknowledged. Ends quietly when the
+/// broker goes away (that is what the crash test wants).
+pub async fn publish_logged(
+    addr: SocketAddr,
+    topic: &str,
+    first: u64,
+    duration: Duration,
+    window: usize,
+    log: &std::path::Path,
+) -> Result<PublishLog, BenchError> {
+    use std::io::Write;
+    let Conn {
+        mut reader,
+        mut writer,
+    } = connect(addr, &format!("bench-log-{first}")).await?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut inflight: std::collections::HashMap<u16, u64> = std::collections::HashMap::new();
+    let (mut sent, mut acked, mut id, mut next) = (0u64, 0u64, 0u16, first);
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut buf = BytesMut::new();
+    loop {
+        while inflight.len() < window.max(1) {
+            id = id.checked_add(1).unwrap_or(1);
+            encode(
+                &publish(topic, QoS::AtLeastOnce, id, Bytes::from(next.to_string())),
+                &mut buf,
+            )?;
+            inflight.insert(id, next);
+            next += 1;
+            sent += 1;
+        }
+        if !buf.is_empty() {
+            if writer.write_all(&buf).await.is_err() {
+                break;
+            }
+            buf.clear();
+        }
+        let packet = tokio::select! {
+            p = reader.next() => p,
+            () = tokio::time::sleep_until(deadline) => break,
+        };
+        match packet {
+            Ok(Some(Packet::PubAck(a))) => {
+                if let Some(n) = inflight.remove(&a.packet_id)
+                    && !a.reason_code.is_error()
+                {
+                    writeln!(file, "{n}")?;
+                    acked += 1;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    file.flush()?;
+    file.sync_all()?;
+    Ok(PublishLog { sent, acked })
+}
+
+/// What [`drain_session`] received.
+#[derive(Debug, Serialize)]
+pub struct Drained {
+    /// Whether the broker still had the session.
+    pub session_present: bool,
+    /// Messages received (each number appended to the log).
+    pub received: u64,
+}
+
+/// Connect as the persistent session `client_id` (expiry 1 h), subscribe to `topic` at
+/// QoS 1 unless the broker still has the session (then its queue arrives at once), and receive until nothing has come for `idle`, acknowledging each message and
+/// appending its payload to `log`.
+pub async fn drain_session(
+    addr: SocketAddr,
+    client_id: &str,
+    topic: &str,
+    idle: Duration,
+    log: &std::path::Path,
+) -> Result<Drained, BenchError> {
+    use std::io::Write;
+    let (mut conn, session_present) = connect_session(addr, client_id, Some(3600)).await?;
+    if !session_present {
+        subscribe(&mut conn, topic, QoS::AtLeastOnce).await?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut received = 0;
+    let mut acks = BytesMut::new();
+    loop {
+        let packet = match tokio::time::timeout(idle, conn.reader.next()).await {
+            Ok(p) => p?,
+            Err(_) => break,
+        };
+        match packet {
+            Some(Packet::Publish(p)) => {
+                file.write_all(&p.payload)?;
+                file.write_all(b"\n")?;
+                received += 1;
+                if let Some(id) = p.packet_id {
+                    encode(&Packet::PubAck(PubAck::new(id)), &mut acks)?;
+                    conn.writer.write_all(&acks).await?;
+                    acks.clear();
+                }
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    file.sync_all()?;
+    Ok(Drained {
+        session_present,
+        received,
     })
 }

@@ -58,6 +58,45 @@ pub(crate) enum MqttBench {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Publish numbered QoS 1 messages, logging each acknowledged number (crash tests).
+    PublishLog {
+        /// The broker.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Topic to publish to.
+        #[arg(long)]
+        topic: String,
+        /// First message number.
+        #[arg(long)]
+        first: u64,
+        /// Longest to publish.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Publishes in flight.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// File the acknowledged numbers are appended to.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Receive what a persistent session holds (subscribing it first), logging each payload.
+    Drain {
+        /// The broker.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The session's client id.
+        #[arg(long)]
+        client_id: String,
+        /// Topic filter to subscribe to.
+        #[arg(long)]
+        topic: String,
+        /// Stop after this long without a message.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        idle: Duration,
+        /// File the received payloads are appended to.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Hold idle connections (each subscribed to one topic) and read the broker's memory.
     Idle {
         /// The broker.
@@ -104,6 +143,25 @@ pub(crate) async fn mqtt(bench: MqttBench) -> ExitCode {
             count,
             concurrency,
         } => mqttbench::connection_rate(addr, count, concurrency)
+            .await
+            .map(|r| serde_json::to_string(&r)),
+        MqttBench::PublishLog {
+            addr,
+            topic,
+            first,
+            duration,
+            window,
+            out,
+        } => mqttbench::publish_logged(addr, &topic, first, duration, window, &out)
+            .await
+            .map(|r| serde_json::to_string(&r)),
+        MqttBench::Drain {
+            addr,
+            client_id,
+            topic,
+            idle,
+            out,
+        } => mqttbench::drain_session(addr, &client_id, &topic, idle, &out)
             .await
             .map(|r| serde_json::to_string(&r)),
         MqttBench::Idle { addr, pid, count } => mqttbench::idle_memory(addr, pid, count)
