@@ -32,6 +32,10 @@ pub struct MqttConfig {
     /// Clean Session = 0 get exactly this.
     #[serde(with = "humantime_serde")]
     pub max_session_expiry: Duration,
+    /// Sessions kept for disconnected clients at most; a session whose connection ends while
+    /// this many are kept ends with it (counted; the client sees Session Present = 0 when it
+    /// returns).
+    pub max_parked_sessions: usize,
     /// Time a new connection has to send CONNECT.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -102,6 +106,7 @@ impl Default for MqttConfig {
             session_queue: 1000,
             max_keep_alive: Duration::from_secs(3600),
             max_session_expiry: Duration::from_secs(2 * 3600),
+            max_parked_sessions: 100_000,
             connect_timeout: Duration::from_secs(10),
             topic_alias_maximum: 64,
             max_retained: 100_000,

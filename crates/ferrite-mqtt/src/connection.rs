@@ -1209,7 +1209,17 @@ impl Session {
             finished,
             ..
         } = self;
-        if expiry.is_zero() {
+        let full = !expiry.is_zero()
+            && !matches!(exit, Exit::Shutdown)
+            && shared.sessions.len() >= shared.config.max_parked_sessions;
+        if full {
+            shared
+                .stats
+                .sessions_dropped_full
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client_id = %client_id, max = shared.config.max_parked_sessions, "too many sessions kept; this one ends with its connection");
+        }
+        if expiry.is_zero() || full {
             // The session ends with the connection: unsubscribe, then the will.
             handle.make_volatile();
             drop(handle);

@@ -46,6 +46,8 @@ pub struct MqttStats {
     pub sessions_resumed: AtomicU64,
     /// Parked sessions ended because their expiry interval passed.
     pub sessions_expired: AtomicU64,
+    /// Sessions ended at disconnect because `mqtt.max_parked_sessions` were kept already.
+    pub sessions_dropped_full: AtomicU64,
     /// Persistent sessions read back from the session store at start.
     pub sessions_restored: AtomicU64,
     /// QoS 1/2 deliveries resent (DUP) or released again on session resume.

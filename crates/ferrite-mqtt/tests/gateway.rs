@@ -959,3 +959,39 @@ async fn sessions_queues_inflight_state_and_retained_survive_a_restart() {
     assert_eq!(retained.payload, &b"kept"[..]);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn sessions_beyond_max_parked_end_with_their_connection() {
+    let config = MqttConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_parked_sessions: 1,
+        ..MqttConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let server = MqttServer::start(
+        config,
+        Router::new(100),
+        Arc::new(AnonymousLoopback {
+            allow_remote: false,
+        }),
+        Arc::new(SystemClock),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    for id in ["kept", "over"] {
+        let (mut c, _) = Raw::open(addr, persistent(ProtocolVersion::V5, id, 300)).await;
+        c.send(&subscribe_qos("p/#", QoS::AtLeastOnce)).await;
+        assert!(matches!(c.next().await, Some(Packet::SubAck(_))));
+        c.disconnect().await;
+    }
+    assert_eq!(server.parked_sessions(), 1);
+    let dropped = &server.stats().sessions_dropped_full;
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let (_, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "kept", 300)).await;
+    assert!(ack.session_present, "the first session was kept");
+    let (_, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "over", 300)).await;
+    assert!(!ack.session_present, "the one over the cap was not");
+    shutdown.cancel();
+}
