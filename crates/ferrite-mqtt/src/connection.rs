@@ -134,15 +134,23 @@ pub(crate) async fn serve<S>(
         }
     };
     let version = connect.protocol;
-    let mut session =
-        match accept(&mut stream, connect, peer, client_cert.as_deref(), &shared).await {
-            Some(s) => s,
-            None => return,
-        };
+    // The connect and close stages are boxed: their futures (takeover waits, will publishes)
+    // are large and short-lived, and an idle connection should not carry their space.
+    let accepted = Box::pin(accept(
+        &mut stream,
+        connect,
+        peer,
+        client_cert.as_deref(),
+        &shared,
+    ))
+    .await;
+    let Some(mut session) = accepted else {
+        return;
+    };
     let exit = session
         .run(&mut stream, &mut rbuf, &mut decoder, &shared)
         .await;
-    session.finish(&mut stream, exit, version, &shared).await;
+    Box::pin(session.finish(&mut stream, exit, version, &shared)).await;
 }
 
 enum ConnectFailure {
