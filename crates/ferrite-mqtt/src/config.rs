@@ -23,6 +23,9 @@ pub struct MqttConfig {
     /// Deliveries queued per connected session; when full, further deliveries to that
     /// session are dropped and counted.
     pub session_queue: usize,
+    /// Bytes (topic + payload) queued per session at most, connected or not; deliveries
+    /// beyond it are dropped and counted like those beyond `session_queue`.
+    pub session_queue_bytes: usize,
     /// Longest keep-alive granted; clients asking for more (or for none, in MQTT 5) are told
     /// this value as Server Keep Alive.
     #[serde(with = "humantime_serde")]
@@ -104,6 +107,7 @@ impl Default for MqttConfig {
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             session_queue: 1000,
+            session_queue_bytes: 4 << 20,
             max_keep_alive: Duration::from_secs(3600),
             max_session_expiry: Duration::from_secs(2 * 3600),
             max_parked_sessions: 100_000,
@@ -127,6 +131,9 @@ impl MqttConfig {
         }
         if self.receive_maximum == 0 {
             errs.push("mqtt.receive_maximum must be at least 1".to_owned());
+        }
+        if self.session_queue_bytes == 0 {
+            errs.push("mqtt.session_queue_bytes must be at least 1".to_owned());
         }
         if self.session_queue == 0 {
             errs.push("mqtt.session_queue must be at least 1".to_owned());

@@ -23,12 +23,13 @@ use ferrite_mqtt_codec::{
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ConnectRequest, SessionGuard};
-use crate::router::{Message, Outgoing, PublishOutcome, SessionHandle, SubscribeOptions, Verdict};
+use crate::router::{
+    Message, Outgoing, PublishOutcome, SessionHandle, SessionQueue, SubscribeOptions, Verdict,
+};
 use crate::server::Shared;
 use crate::session::{InFlight, Parked};
 
@@ -384,7 +385,10 @@ async fn accept<S: AsyncWrite + Unpin>(
             )
         }
         None => {
-            let (tx, out_rx) = mpsc::channel(shared.config.session_queue);
+            let (tx, out_rx) = SessionQueue::new(
+                shared.config.session_queue,
+                shared.config.session_queue_bytes,
+            );
             let handle = shared.router.register_session(Arc::clone(&client_id), tx);
             (handle, out_rx, HashMap::new(), HashSet::new(), 1, 0)
         }
@@ -445,7 +449,7 @@ struct Session {
     /// Our subscriptions in the router; dropping it unsubscribes everything.
     handle: SessionHandle,
     /// Deliveries from the router (bounded: `mqtt.session_queue`).
-    out_rx: mpsc::Receiver<Box<Outgoing>>,
+    out_rx: SessionQueue,
     /// Cancelled when another connection takes over the client id.
     takeover: CancellationToken,
     /// Cancelled by us once the connection has ended and the session is parked or ended, so

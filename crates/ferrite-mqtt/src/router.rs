@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -75,6 +75,95 @@ pub struct Outgoing {
     pub(crate) store_seq: Option<u64>,
 }
 
+impl Outgoing {
+    /// What this delivery counts against its session's byte budget.
+    fn queued_size(&self) -> usize {
+        self.message.payload.len() + self.message.topic.as_str().len()
+    }
+}
+
+/// The bytes queued for one session: the router charges each delivery before queueing it,
+/// the session releases it when it takes the delivery off its queue.
+pub(crate) struct QueueBudget {
+    queued: AtomicUsize,
+    max: usize,
+}
+
+impl QueueBudget {
+    fn try_charge(&self, n: usize) -> bool {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q + n <= self.max || q == 0).then_some(q + n)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+}
+
+/// A session's delivery queue: at most `session_queue` deliveries and `session_queue_bytes`
+/// bytes of topic and payload (one delivery larger than that still fits an empty queue).
+pub(crate) struct SessionQueue {
+    rx: mpsc::Receiver<Box<Outgoing>>,
+    budget: Arc<QueueBudget>,
+}
+
+impl SessionQueue {
+    /// A queue and its sending side (handed to [`Router::register_session`]).
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> (SessionSender, Self) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let budget = Arc::new(QueueBudget {
+            queued: AtomicUsize::new(0),
+            max: max_bytes,
+        });
+        (
+            SessionSender {
+                tx,
+                budget: Arc::clone(&budget),
+            },
+            Self { rx, budget },
+        )
+    }
+
+    /// The next delivery, released from the byte budget. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Option<Box<Outgoing>> {
+        let out = self.rx.recv().await?;
+        self.budget.release(out.queued_size());
+        Some(out)
+    }
+
+    /// Deliveries queued.
+    pub(crate) fn len(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+/// The router's side of a [`SessionQueue`].
+#[derive(Clone)]
+pub(crate) struct SessionSender {
+    tx: mpsc::Sender<Box<Outgoing>>,
+    budget: Arc<QueueBudget>,
+}
+
+impl SessionSender {
+    /// Queue `out` without waiting, counted against the budget; false if the queue is full.
+    pub(crate) fn try_send(&self, out: Outgoing) -> bool {
+        let size = out.queued_size();
+        self.budget.queued.fetch_add(size, Ordering::AcqRel);
+        if self.tx.try_send(Box::new(out)).is_err() {
+            self.budget.release(size);
+            return false;
+        }
+        true
+    }
+}
+
 /// What a durable internal consumer decided about a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -121,7 +210,7 @@ enum Sink {
     Session {
         /// Boxed, so the queue's first block (allocated with the channel) stays small for
         /// the many sessions that are mostly idle.
-        tx: mpsc::Sender<Box<Outgoing>>,
+        tx: SessionSender,
         client_id: Arc<str>,
         /// Set for a persistent session: its QoS 1/2 deliveries are stored before the
         /// publisher is acknowledged.
@@ -152,6 +241,8 @@ pub struct RouterStats {
     pub delivered: AtomicU64,
     /// Deliveries dropped because a session's queue was full.
     pub dropped_queue_full: AtomicU64,
+    /// Deliveries dropped because a session's queued bytes were at `mqtt.session_queue_bytes`.
+    pub dropped_queue_bytes: AtomicU64,
     /// Retained messages refused because the retained store was full.
     pub retained_refused: AtomicU64,
 }
@@ -271,11 +362,7 @@ impl Router {
     }
 
     /// Register a client session whose deliveries go to `tx`.
-    pub fn register_session(
-        &self,
-        client_id: Arc<str>,
-        tx: mpsc::Sender<Box<Outgoing>>,
-    ) -> SessionHandle {
+    pub(crate) fn register_session(&self, client_id: Arc<str>, tx: SessionSender) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.write().sinks.insert(
             id,
@@ -441,7 +528,7 @@ impl Router {
             let n = members.len();
             let pick = (0..n)
                 .map(|i| (start + i) % n)
-                .find(|&i| members[i].tx.capacity() > 0)
+                .find(|&i| members[i].tx.tx.capacity() > 0)
                 .unwrap_or(start % n);
             deliveries.push(members.swap_remove(pick));
         }
@@ -453,7 +540,14 @@ impl Router {
         {
             // A place in the queue first, so nothing is stored that is then dropped; stored
             // before it is queued, so the client's completion is written after it.
-            match tx.try_reserve() {
+            let size = out.queued_size();
+            if !tx.budget.try_charge(size) {
+                self.stats
+                    .dropped_queue_bytes
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match tx.tx.try_reserve() {
                 Ok(permit) => {
                     if let Some(durable) = durable.filter(|_| out.qos != QoS::AtMostOnce) {
                         commits.extend(durable.put_message(&mut out));
@@ -461,13 +555,15 @@ impl Router {
                     permit.send(Box::new(out));
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Full(())) => {
-                    self.stats
-                        .dropped_queue_full
-                        .fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    tx.budget.release(size);
+                    // Closed: the session is going away; its cleanup unsubscribes it.
+                    if matches!(e, mpsc::error::TrySendError::Full(())) {
+                        self.stats
+                            .dropped_queue_full
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                // The session is going away; its cleanup unsubscribes it.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
         let mut verdicts = Vec::new();
@@ -533,7 +629,7 @@ impl Router {
 
 /// One delivery to a client session being assembled by [`Router::publish`].
 struct SessionDelivery {
-    tx: mpsc::Sender<Box<Outgoing>>,
+    tx: SessionSender,
     durable: Option<Arc<Durable>>,
     out: Outgoing,
 }

@@ -21,10 +21,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::mpsc;
-
 use crate::connection::{parse_filter, spawn_session_timers};
-use crate::router::{Message, Outgoing, SessionHandle};
+use crate::router::{Message, Outgoing, SessionHandle, SessionQueue};
 use crate::server::Shared;
 
 /// A QoS 1 or 2 delivery sent to the client and not yet completed.
@@ -45,7 +43,7 @@ pub(crate) struct Parked {
     /// The session's subscriptions, still registered with the router.
     pub(crate) handle: SessionHandle,
     /// Deliveries queued while offline.
-    pub(crate) out_rx: mpsc::Receiver<Box<Outgoing>>,
+    pub(crate) out_rx: SessionQueue,
     pub(crate) inflight_out: HashMap<u16, InFlight>,
     pub(crate) awaiting_rel: HashSet<u16>,
     pub(crate) next_packet_id: u16,
@@ -121,7 +119,10 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
             .iter()
             .filter(|d| d.inflight.is_none())
             .count();
-        let (tx, out_rx) = mpsc::channel(shared.config.session_queue.max(queued).max(1));
+        let (tx, out_rx) = SessionQueue::new(
+            shared.config.session_queue.max(queued),
+            shared.config.session_queue_bytes,
+        );
         let mut handle = shared
             .router
             .register_session(Arc::clone(&client_id), tx.clone());
@@ -157,7 +158,7 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
                 }
                 // Room for every one of them was made above.
                 None => {
-                    let _ = tx.try_send(Box::new(delivery.out));
+                    let _ = tx.try_send(delivery.out);
                 }
             }
             next_seq += 1;

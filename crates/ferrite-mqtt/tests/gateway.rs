@@ -960,25 +960,35 @@ async fn sessions_queues_inflight_state_and_retained_survive_a_restart() {
     shutdown.cancel();
 }
 
-#[tokio::test]
-async fn sessions_beyond_max_parked_end_with_their_connection() {
+/// A gateway with `config` (on a free loopback port), anonymous loopback clients allowed.
+async fn start_config(config: MqttConfig, router: Router) -> (MqttServer, CancellationToken) {
     let config = MqttConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        max_parked_sessions: 1,
-        ..MqttConfig::default()
+        ..config
     };
     let shutdown = CancellationToken::new();
+    let auth = Arc::new(AnonymousLoopback {
+        allow_remote: false,
+    });
     let server = MqttServer::start(
         config,
-        Router::new(100),
-        Arc::new(AnonymousLoopback {
-            allow_remote: false,
-        }),
+        router,
+        auth,
         Arc::new(SystemClock),
         shutdown.clone(),
     )
     .await
     .unwrap();
+    (server, shutdown)
+}
+
+#[tokio::test]
+async fn sessions_beyond_max_parked_end_with_their_connection() {
+    let config = MqttConfig {
+        max_parked_sessions: 1,
+        ..MqttConfig::default()
+    };
+    let (server, shutdown) = start_config(config, Router::new(100)).await;
     let addr = server.local_addr();
     for id in ["kept", "over"] {
         let (mut c, _) = Raw::open(addr, persistent(ProtocolVersion::V5, id, 300)).await;
@@ -993,5 +1003,47 @@ async fn sessions_beyond_max_parked_end_with_their_connection() {
     assert!(ack.session_present, "the first session was kept");
     let (_, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "over", 300)).await;
     assert!(!ack.session_present, "the one over the cap was not");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_session_queue_holds_at_most_its_bytes() {
+    let config = MqttConfig {
+        session_queue_bytes: 100,
+        ..MqttConfig::default()
+    };
+    let router = Router::new(100);
+    let (server, shutdown) = start_config(config, router.clone()).await;
+    let addr = server.local_addr();
+    let (mut sub, _) = Raw::open(addr, persistent(ProtocolVersion::V5, "small", 300)).await;
+    sub.send(&subscribe_qos("b/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+    sub.disconnect().await;
+    let mut publisher = Raw::connect(addr, ProtocolVersion::V5).await;
+    // 3 bytes of topic + 40 of payload each: two fit in 100 bytes, the third does not.
+    let payloads: [&'static [u8]; 3] = [&[b'a'; 40], &[b'b'; 40], &[b'c'; 40]];
+    for (i, p) in payloads.into_iter().enumerate() {
+        publisher.publish_acked("b/1", 1 + i as u16, p).await;
+    }
+    assert_eq!(
+        router
+            .stats()
+            .dropped_queue_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let (mut sub, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "small", 300)).await;
+    assert!(ack.session_present);
+    for expected in &payloads[..2] {
+        let p = sub.expect_publish().await;
+        assert_eq!(&p.payload[..], *expected);
+        sub.send(&Packet::PubAck(ferrite_mqtt_codec::PubAck::new(
+            p.packet_id.unwrap(),
+        )))
+        .await;
+    }
+    // Taken off the queue, the bytes are free again: a new message is queued and delivered.
+    publisher.publish_acked("b/1", 9, b"after").await;
+    assert_eq!(sub.expect_publish().await.payload, &b"after"[..]);
     shutdown.cancel();
 }
