@@ -39,9 +39,18 @@ async fn start_with(
     router: Router,
     auth: Arc<dyn Authenticator>,
 ) -> (MqttServer, CancellationToken) {
+    start_full(MqttConfig::default(), router, auth).await
+}
+
+/// A gateway with `config` (on a free loopback port), `router` and `auth`.
+async fn start_full(
+    config: MqttConfig,
+    router: Router,
+    auth: Arc<dyn Authenticator>,
+) -> (MqttServer, CancellationToken) {
     let config = MqttConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        ..MqttConfig::default()
+        ..config
     };
     let shutdown = CancellationToken::new();
     let server = MqttServer::start(
@@ -960,26 +969,12 @@ async fn sessions_queues_inflight_state_and_retained_survive_a_restart() {
     shutdown.cancel();
 }
 
-/// A gateway with `config` (on a free loopback port), anonymous loopback clients allowed.
+/// A gateway with `config`, anonymous loopback clients allowed.
 async fn start_config(config: MqttConfig, router: Router) -> (MqttServer, CancellationToken) {
-    let config = MqttConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..config
-    };
-    let shutdown = CancellationToken::new();
     let auth = Arc::new(AnonymousLoopback {
         allow_remote: false,
     });
-    let server = MqttServer::start(
-        config,
-        router,
-        auth,
-        Arc::new(SystemClock),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    (server, shutdown)
+    start_full(config, router, auth).await
 }
 
 #[tokio::test]
