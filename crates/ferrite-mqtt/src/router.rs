@@ -773,6 +773,22 @@ impl SessionHandle {
         Some(commit)
     }
 
+    /// Make a session read back from the store persistent again, without writing what the
+    /// store already holds.
+    pub(crate) fn reattach_durable(
+        &mut self,
+        client_id: &Arc<str>,
+        expiry: std::time::Duration,
+        next_seq: u64,
+    ) {
+        let Some(store) = self.router.store.clone() else {
+            return;
+        };
+        let durable = Arc::new(Durable::new(Arc::clone(client_id), store, next_seq, expiry));
+        self.set_sink_durable(Some(&durable));
+        self.durable = Some(durable);
+    }
+
     /// The session is no longer persistent (it ends, or its new connection asked for an
     /// expiry of 0): delete what the store holds for it.
     pub(crate) fn make_volatile(&mut self) {

@@ -139,7 +139,7 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
                 }
             }
         }
-        let _ = handle.make_durable(&client_id, stored.expiry, stored.next_seq);
+        handle.reattach_durable(&client_id, stored.expiry, stored.next_seq);
         let mut inflight_out = HashMap::new();
         let mut next_packet_id = 1u16;
         let mut next_seq = 0;
