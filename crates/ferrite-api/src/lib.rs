@@ -5,6 +5,8 @@
 //! - `POST /api/v1/query`: SQL in the body as text, or JSON `{"sql": "..."}`; the answer is a
 //!   JSON array of row objects, CSV (`Accept: text/csv`) or an Arrow IPC stream
 //!   (`Accept: application/vnd.apache.arrow.stream`); errors are JSON `{"error": "..."}`;
+//! - `GET /api/v1/export?table=T&from=&to=`: every row of a table in a time range, streamed as
+//!   Arrow IPC for `ferrite export` ([`export`]);
 //! - `POST /api/v2/write` and `POST /write`: InfluxDB 2.x and 1.x line-protocol writes
 //!   ([`write`]), answered 204 only after the batch is fsynced;
 //! - `GET /mqtt`: MQTT over WebSocket (subprotocol `mqtt`), served by the gateway.
@@ -21,9 +23,11 @@
 //! Access: bearer API tokens with roles on every endpoint but `/healthz` and `/mqtt`
 //! ([`fleet::access`]); anonymous callers only where [`Anonymous`] allows.
 //! The same engine and access rules also answer over the PostgreSQL wire protocol ([`pg`]).
-//! Not here yet: streaming of large HTTP results.
+//! `/api/v1/query` answers are collected under `query.max_rows`; large results stream through
+//! pgwire or `/api/v1/export`.
 
 pub mod alarms;
+pub mod export;
 pub mod fleet;
 pub mod pg;
 mod publish;
@@ -76,6 +80,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/query", post(query))
+        .route("/api/v1/export", get(export::handle))
         .route("/api/v2/write", post(write::handle))
         .route("/write", post(write::handle))
         .route("/mqtt", get(ws::upgrade))

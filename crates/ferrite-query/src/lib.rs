@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::TableReference;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
@@ -267,6 +268,64 @@ impl QueryEngine {
         })
     }
 
+    /// Every row of `table` with `from <= time < to` (either bound optional), for
+    /// `ferrite export`: the number of rows, then the rows as a stream of record batches.
+    ///
+    /// Unlike a query, an export has no row limit and no timeout (a year of a busy table is
+    /// legitimately large and slow to move); it stays within the memory limit because it
+    /// streams, and dropping the stream stops it. Rows come partition by partition, not
+    /// sorted. The count is taken just before the scan, so rows written meanwhile may make
+    /// the stream a little longer than it said.
+    pub async fn export(
+        &self,
+        table: &str,
+        from: Option<ferrite_core::Timestamp>,
+        to: Option<ferrite_core::Timestamp>,
+    ) -> Result<Export, QueryError> {
+        use datafusion::prelude::{col, lit};
+        if !self
+            .ctx
+            .table_exist(TableReference::bare(table))
+            .map_err(QueryError::from_datafusion)?
+        {
+            return Err(QueryError::Unknown(format!("table '{table}' not found")));
+        }
+        let mut df = self
+            .ctx
+            .table(TableReference::bare(table))
+            .await
+            .map_err(QueryError::from_datafusion)?;
+        let at = |t: ferrite_core::Timestamp| {
+            lit(ScalarValue::TimestampNanosecond(
+                Some(t.as_nanos()),
+                Some("UTC".into()),
+            ))
+        };
+        if let Some(from) = from {
+            df = df
+                .filter(col("time").gt_eq(at(from)))
+                .map_err(QueryError::from_datafusion)?;
+        }
+        if let Some(to) = to {
+            df = df
+                .filter(col("time").lt(at(to)))
+                .map_err(QueryError::from_datafusion)?;
+        }
+        let rows = df
+            .clone()
+            .count()
+            .await
+            .map_err(QueryError::from_datafusion)?;
+        let stream = df
+            .execute_stream()
+            .await
+            .map_err(QueryError::from_datafusion)?;
+        Ok(Export {
+            rows: rows as u64,
+            stream,
+        })
+    }
+
     async fn collect(
         &self,
         mut stream: SendableRecordBatchStream,
@@ -283,6 +342,22 @@ impl QueryEngine {
             batches.push(batch);
         }
         Ok(QueryResult { schema, batches })
+    }
+}
+
+/// The answer of [`QueryEngine::export`].
+pub struct Export {
+    /// Rows in the range when the export started.
+    pub rows: u64,
+    /// The rows, batch by batch. Dropping it stops the export.
+    pub stream: SendableRecordBatchStream,
+}
+
+impl std::fmt::Debug for Export {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Export")
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
     }
 }
 

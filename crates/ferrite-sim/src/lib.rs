@@ -44,6 +44,7 @@ pub mod provision;
 mod readings;
 pub mod scenario;
 pub mod stats;
+pub mod writebench;
 
 use std::net::SocketAddr;
 

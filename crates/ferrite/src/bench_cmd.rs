@@ -1,4 +1,5 @@
-//! `ferrite bench mqtt …`: the load side of `bench/mqtt`, against any MQTT broker.
+//! `ferrite bench mqtt …`: the load side of `bench/mqtt`, against any MQTT broker; and
+//! `ferrite bench write`: the load side of `bench/ingest`, against any line-protocol server.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use ferrite_mqtt_codec::QoS;
-use ferrite_sim::mqttbench;
+use ferrite_sim::{mqttbench, writebench};
 
 use crate::out;
 
@@ -176,6 +177,55 @@ pub(crate) async fn mqtt(bench: MqttBench) -> ExitCode {
         Ok(Err(e)) => {
             eprintln!("ferrite bench: {e}");
             ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ferrite bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ferrite bench write` arguments.
+#[derive(clap::Args)]
+pub(crate) struct WriteArgs {
+    /// The write URL with its query string, e.g.
+    /// `http://127.0.0.1:8086/write?db=bench&precision=ns`.
+    #[arg(long)]
+    url: String,
+    /// The line-protocol file (`ferrite simulate --format lp --out FILE`).
+    #[arg(long)]
+    file: std::path::PathBuf,
+    /// Lines per request.
+    #[arg(long, default_value_t = 5000)]
+    batch: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Bearer token for the server.
+    #[arg(long, env = "FERRITE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+pub(crate) async fn write(args: WriteArgs) -> ExitCode {
+    let batches = match writebench::load(&args.file, args.batch) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ferrite bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = writebench::WriteOptions {
+        url: args.url,
+        token: args.token,
+        concurrency: args.concurrency,
+    };
+    match writebench::run(batches, &options).await {
+        Ok(report) => {
+            out(&format!(
+                "{}\n",
+                serde_json::to_string(&report).unwrap_or_default()
+            ));
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("ferrite bench: {e}");

@@ -21,7 +21,7 @@ pub(crate) struct ApiArgs {
         value_name = "ADDR",
         global = true
     )]
-    http: String,
+    pub(crate) http: String,
     /// API token (the admin token `ferrite serve` printed on first start, or one from
     /// `ferrite token create`).
     #[arg(
@@ -31,7 +31,7 @@ pub(crate) struct ApiArgs {
         global = true,
         hide_env_values = true
     )]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -5,6 +5,7 @@
 
 mod alarm_cmd;
 mod bench_cmd;
+mod export_cmd;
 mod fleet_cmd;
 mod rule_cmd;
 
@@ -69,6 +70,10 @@ enum Command {
     Simulate(Box<SimulateArgs>),
     /// Run SQL against a running Ferrite and print the answer.
     Query(QueryArgs),
+    /// Export one table's rows in a time range from a running Ferrite as Parquet, CSV or
+    /// NDJSON, e.g. `ferrite export --table telemetry --from 2026-12-01T00:00:00Z --out
+    /// t.parquet`. Rows stream; the file appears only when complete.
+    Export(export_cmd::ExportArgs),
     /// Manage the device registry of a running Ferrite.
     Device {
         #[command(flatten)]
@@ -143,6 +148,9 @@ enum BenchCommand {
         #[command(subcommand)]
         bench: bench_cmd::MqttBench,
     },
+    /// Post a line-protocol file to any InfluxDB-compatible write URL (Ferrite, InfluxDB,
+    /// VictoriaMetrics) in batches; prints lines/s and field values/s as JSON.
+    Write(bench_cmd::WriteArgs),
 }
 
 #[derive(Subcommand)]
@@ -392,6 +400,7 @@ fn main() -> ExitCode {
         },
         Command::Simulate(args) => runtime.block_on(simulate(*args)),
         Command::Query(args) => runtime.block_on(query(args)),
+        Command::Export(args) => runtime.block_on(export_cmd::export(args)),
         Command::Device { api, command } => runtime.block_on(fleet_cmd::device(api, command)),
         Command::Token { api, command } => runtime.block_on(fleet_cmd::token(api, command)),
         Command::Cert { api, command } => runtime.block_on(fleet_cmd::cert(api, command)),
@@ -403,6 +412,9 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::Mqtt { bench },
         } => runtime.block_on(bench_cmd::mqtt(bench)),
+        Command::Bench {
+            command: BenchCommand::Write(args),
+        } => runtime.block_on(bench_cmd::write(args)),
     }
 }
 

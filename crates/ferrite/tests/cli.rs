@@ -1359,3 +1359,188 @@ async fn alarms_from_the_cli() {
     let bad = run(&["alarm", "list", "--state", "sleeping"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `ferrite export ARGS` against `http`, off the async workers.
+async fn export(http: SocketAddr, dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(["export", "--http", &http.to_string()])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("FERRITE_TOKEN");
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn export_writes_parquet_csv_and_ndjson_of_a_time_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    // 3,000 rows one second apart from 2026-12-01T00:00:00Z, five devices.
+    let base: i64 = 1_796_083_200_000_000_000;
+    let body: String = (0..3000i64)
+        .map(|i| {
+            format!(
+                "exp,device_id=d{} v={i}i,x={i}.5 {}\n",
+                i % 5,
+                base + i * 1_000_000_000
+            )
+        })
+        .collect();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/v2/write?precision=ns", server.http))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+
+    // [base + 1000 s, base + 2500 s): rows 1000..2500.
+    let from = "2026-12-01T00:16:40Z";
+    let to = (base + 2500 * 1_000_000_000).to_string();
+    let out = export(
+        server.http,
+        dir.path(),
+        &[
+            "--table",
+            "exp",
+            "--from",
+            from,
+            "--to",
+            &to,
+            "--out",
+            "range.parquet",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("exported 1500 rows of exp"), "{stderr}");
+    assert!(!dir.path().join("range.parquet.partial").exists());
+    let file = std::fs::File::open(dir.path().join("range.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let (mut rows, mut sum) = (0usize, 0i64);
+    for batch in reader {
+        let batch = batch.unwrap();
+        rows += batch.num_rows();
+        let v = batch
+            .column_by_name("v")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        sum += v.iter().map(Option::unwrap).sum::<i64>();
+    }
+    assert_eq!(rows, 1500);
+    assert_eq!(sum, (1000..2500).sum::<i64>());
+
+    // CSV to standard output: a header, then one line per row.
+    let out = export(
+        server.http,
+        dir.path(),
+        &[
+            "--table", "exp", "--from", from, "--to", &to, "--format", "csv",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("time,device_id,v,x"));
+    let body: Vec<&str> = lines.collect();
+    assert_eq!(body.len(), 1500);
+    assert!(
+        body.contains(&"2026-12-01T00:16:40Z,d0,1000,1000.5"),
+        "{:?}",
+        &body[..3]
+    );
+
+    // NDJSON of the whole table, format told by the file name.
+    let out = export(
+        server.http,
+        dir.path(),
+        &["--table", "exp", "--out", "all.ndjson"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("all.ndjson")).unwrap();
+    let mut seen: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            let row: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(row["x"].as_f64().unwrap(), row["v"].as_f64().unwrap() + 0.5);
+            row["v"].as_i64().unwrap()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..3000).collect::<Vec<_>>());
+
+    // A range with no rows still gives a file with the table's columns.
+    let out = export(
+        server.http,
+        dir.path(),
+        &[
+            "--table",
+            "exp",
+            "--from",
+            "2027-01-01T00:00:00Z",
+            "--format",
+            "csv",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "time,device_id,v,x\n"
+    );
+
+    // Bad input: a clear error, exit 2, no file.
+    for (args, needle) in [
+        (
+            vec!["--table", "nope", "--out", "nope.parquet"],
+            "not found",
+        ),
+        (
+            vec![
+                "--table", "exp", "--from", &to, "--to", from, "--out", "r.csv",
+            ],
+            "must be before",
+        ),
+        (
+            vec!["--table", "exp", "--from", "yesterday", "--out", "r.csv"],
+            "not an RFC 3339 time",
+        ),
+        (vec!["--table", "exp", "--format", "parquet"], "--out FILE"),
+        (vec!["--table", "exp", "--out", "x.txt"], "--format"),
+    ] {
+        let out = export(server.http, dir.path(), &args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    for name in [
+        "nope.parquet",
+        "nope.parquet.partial",
+        "r.csv",
+        "r.csv.partial",
+    ] {
+        assert!(!dir.path().join(name).exists(), "{name}");
+    }
+}
