@@ -111,11 +111,27 @@ async fn answers_span_files_late_rows_and_memory() {
     let store = Arc::new(Store::open(dir.path(), &config).unwrap().0);
     let engine = QueryEngine::new(Arc::clone(&store), QueryConfig::default()).unwrap();
     assert_eq!(count_sum(&engine, "").await, whole);
+    // Filters on a float field work on files that store it as a decimal (1.0, 2.0, 101.0)…
+    assert_eq!(
+        count_sum(&engine, "WHERE v > 1.5").await,
+        (181, 360.0 + 101.0)
+    );
+    // …and beside a file where it stays a double (π is no short decimal).
+    store
+        .write(vec![point("c", 300 * MIN, std::f64::consts::PI)])
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        count_sum(&engine, "WHERE v > 3.0 AND v < 4.0").await,
+        (1, std::f64::consts::PI)
+    );
+    assert_eq!(count_sum(&engine, "WHERE v = 101").await, (1, 101.0));
     let r = engine
         .sql("SELECT device_id, max(time) AS last FROM readings GROUP BY device_id ORDER BY device_id")
         .await
         .unwrap();
-    assert_eq!(r.num_rows(), 2);
+    assert_eq!(r.num_rows(), 3);
     assert_eq!(r.batches[0].column(0).as_string::<i32>().value(1), "b");
     assert!(r.batches[0].column(1).is_valid(0));
 }

@@ -107,13 +107,13 @@ fn add_rows(out: &mut Model, b: &arrow::record_batch::RecordBatch) {
             .downcast_ref::<TimestampNanosecondArray>()
             .unwrap()
             .clone();
-        let v = b
-            .column_by_name("v")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap()
-            .clone();
+        // Files may hold a float column as a decimal (short decimals); read it as f64.
+        let v = arrow::compute::cast(
+            b.column_by_name("v").unwrap(),
+            &arrow::datatypes::DataType::Float64,
+        )
+        .unwrap();
+        let v = v.as_any().downcast_ref::<Float64Array>().unwrap().clone();
         for i in 0..b.num_rows() {
             out.insert((dev.value(i).to_owned(), t.value(i)), v.value(i));
         }
