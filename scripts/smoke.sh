@@ -7,7 +7,8 @@
 # receive with mosquitto_sub, run the Paho (Python) interop suite, query with curl and with
 # psql (PostgreSQL wire protocol),
 # kill -9 right after the PUBACK, restart, and check the rows, a persistent session's queued
-# message and a retained message are still there.
+# message and a retained message are still there; export the table with `ferrite export` and
+# read the export and the store's data files with pyarrow.
 # Talks only to 127.0.0.1; every wait is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ start() {
     "$bin" serve --data-dir "$work/data" --mqtt-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
     --pg-listen 127.0.0.1:0 \
     --set mqtt.tls.listen=127.0.0.1:0 --set mqtt.tls.client_ca=fleet --set mqtt.tls.client_auth=optional \
-    --anonymous loopback >"$work/out" 2>"$work/err" &
+    --set store.flush_interval=1s --anonymous loopback >"$work/out" 2>"$work/err" &
   pid=$!
   timeout 30 bash -c "until grep -q 'HTTP API' '$work/out'; do sleep 0.1; done" || fail "server did not start"
   mqtt=$(grep -o 'mqtt://[0-9.:]*' "$work/out" | head -1 | sed 's|mqtt://||')
@@ -169,6 +170,23 @@ got=$(timeout 15 mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv5 -c -x 300 -i s
 got=$(timeout 15 mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv311 -t devices/d1/telemetry -C 1 -W 10) \
   || fail "the retained message did not survive kill -9"
 [ "$got" = '{"temperature":21.5}' ] || fail "after kill -9 the retained message is '$got'"
+# Export the table with `ferrite export`, and read both the export and the store's own data
+# files with another Parquet reader (pyarrow).
+"$bin" export --http "$http" --table telemetry --out "$work/telemetry.parquet" 2>"$work/export.err" \
+  || fail "ferrite export: $(cat "$work/export.err")"
+timeout 20 bash -c "until find '$work/data' -name '*.parquet' | grep -q .; do sleep 0.2; done" \
+  || fail "no Parquet data files after the flush interval"
+python3 - "$work/telemetry.parquet" "$work/data" <<'PY' || fail "pyarrow could not read the Parquet files"
+import pathlib, sys
+import pyarrow.parquet as pq
+export = pq.read_table(sys.argv[1])
+assert export.num_rows == 5, export.num_rows
+assert -4.5 in export.column("temperature").to_pylist(), export
+files = sorted(pathlib.Path(sys.argv[2]).rglob("*.parquet"))
+rows = sum(pq.read_table(f).num_rows for f in files)
+assert rows >= 1, files
+print(f"pyarrow read the export (5 rows) and {len(files)} data file(s) ({rows} rows)")
+PY
 code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$http/api/v1/query" -d 'SELEC nonsense')
 [ "$code" = 400 ] || fail "bad SQL gave HTTP $code"
 kill -TERM "$pid"; wait "$pid" || fail "graceful shutdown exit code"; pid=""

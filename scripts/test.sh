@@ -20,6 +20,8 @@ fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 # Eclipse Paho for the MQTT interop suite (scripts/interop_paho.py).
 python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
+# pyarrow, the smoke test's second Parquet reader for exports and the store's data files.
+python3 -c 'import pyarrow.parquet' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'pyarrow>=15'
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
