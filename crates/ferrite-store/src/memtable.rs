@@ -25,8 +25,6 @@ const BATCH_ROWS: usize = 8192;
 
 /// A series: its tags in key order.
 pub(crate) type SeriesKey = Arc<BTreeMap<String, String>>;
-/// A row's identity: its series and its time.
-type RowKey = (SeriesKey, i64);
 /// A row's field values by name.
 pub(crate) type Fields = BTreeMap<String, Value>;
 /// A borrowed row: series, time, fields.
@@ -38,11 +36,14 @@ pub(crate) fn partition_of(time: i64, partition_ns: i64) -> i64 {
 }
 
 /// One measurement's rows.
+///
+/// Rows are kept per series (found by hashing its tag map once per row), each series' rows
+/// by time; readers get them in (series, time) order by sorting the series, not the rows,
+/// so a write costs one hash lookup and an integer-keyed insert however many tags it has.
 #[derive(Default)]
 pub(crate) struct Table {
-    rows: BTreeMap<RowKey, Fields>,
-    /// Interned series so rows of one series share their tag map.
-    series: HashMap<SeriesKey, ()>,
+    /// Each series (interned: its rows share the tag map) and its rows by time.
+    series: HashMap<SeriesKey, BTreeMap<i64, Fields>>,
     /// Partitions holding rows at or before their series' flushed high-water mark: such a row
     /// may replace one already in a file, so reads of those partitions must merge.
     late_partitions: BTreeSet<i64>,
@@ -50,6 +51,7 @@ pub(crate) struct Table {
 
 impl Table {
     /// Insert a row; `late` says it may replace a row already in a file of `partition`.
+    /// Whether it is a new row (not replacing one of the same series and time).
     pub(crate) fn insert(
         &mut self,
         tags: BTreeMap<String, String>,
@@ -57,31 +59,32 @@ impl Table {
         fields: Fields,
         late: Option<i64>,
     ) -> bool {
-        let series = self.intern(tags);
         if let Some(partition) = late {
             self.late_partitions.insert(partition);
         }
-        self.rows.insert((series, time), fields).is_none()
-    }
-
-    fn intern(&mut self, tags: BTreeMap<String, String>) -> SeriesKey {
-        match self.series.get_key_value(&tags) {
-            Some((k, ())) => Arc::clone(k),
-            None => {
-                let k = Arc::new(tags);
-                self.series.insert(Arc::clone(&k), ());
-                k
-            }
-        }
+        let rows = match self.series.get_mut(&tags) {
+            Some(rows) => rows,
+            None => self.series.entry(Arc::new(tags)).or_default(),
+        };
+        rows.insert(time, fields).is_none()
     }
 
     pub(crate) fn late_partitions(&self) -> &BTreeSet<i64> {
         &self.late_partitions
     }
 
+    /// The series in tag order, each with its rows.
+    fn sorted_series(&self) -> Vec<(&SeriesKey, &BTreeMap<i64, Fields>)> {
+        let mut series: Vec<_> = self.series.iter().collect();
+        series.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        series
+    }
+
     /// Every row in (series, time) order.
     pub(crate) fn rows(&self) -> impl Iterator<Item = (&SeriesKey, i64, &Fields)> {
-        self.rows.iter().map(|((s, t), f)| (s, *t, f))
+        self.sorted_series()
+            .into_iter()
+            .flat_map(|(s, rows)| rows.iter().map(move |(t, f)| (s, *t, f)))
     }
 
     /// The rows whose time is in `range`, in (series, time) order, without visiting the
@@ -90,24 +93,16 @@ impl Table {
         &self,
         range: RangeInclusive<i64>,
     ) -> impl Iterator<Item = (&SeriesKey, i64, &Fields)> {
-        let mut series: Vec<&SeriesKey> = self.series.keys().collect();
-        series.sort();
-        let (lo, hi) = (*range.start(), *range.end());
-        series.into_iter().flat_map(move |s| {
-            self.rows
-                .range((Arc::clone(s), lo)..=(Arc::clone(s), hi))
-                .map(|((s, t), f)| (s, *t, f))
-        })
+        self.sorted_series()
+            .into_iter()
+            .flat_map(move |(s, rows)| rows.range(range.clone()).map(move |(t, f)| (s, *t, f)))
     }
 
     /// The latest time of every series.
     pub(crate) fn series_max(&self) -> impl Iterator<Item = (&SeriesKey, i64)> {
-        self.series.keys().filter_map(|s| {
-            self.rows
-                .range((Arc::clone(s), i64::MIN)..=(Arc::clone(s), i64::MAX))
-                .next_back()
-                .map(|((_, t), _)| (s, *t))
-        })
+        self.series
+            .iter()
+            .filter_map(|(s, rows)| rows.last_key_value().map(|(t, _)| (s, *t)))
     }
 
     /// Add the rows of a record batch (read back from a file): a row replaces any row of the
