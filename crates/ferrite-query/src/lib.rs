@@ -18,6 +18,8 @@
 //! Does not format results for any wire (HTTP JSON, pgwire): that is the API's job.
 
 mod error;
+mod functions;
+mod gapfill;
 mod table;
 
 use std::pin::Pin;
@@ -34,6 +36,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ferrite_store::Store;
@@ -119,7 +122,16 @@ impl QueryEngine {
         // Evaluate filters while decoding Parquet pages, so rows outside them are skipped.
         session.options_mut().execution.parquet.pushdown_filters = true;
         session.options_mut().execution.parquet.reorder_filters = true;
-        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(session)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_query_planner(Arc::new(gapfill::FerritePlanner))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        // After DataFusion's own rules, so the gap-fill rule sees type-coerced arguments.
+        ctx.add_analyzer_rule(Arc::new(gapfill::GapFillRule));
+        functions::register(&ctx);
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         datafusion::catalog::CatalogProvider::register_schema(
             catalog.as_ref(),
