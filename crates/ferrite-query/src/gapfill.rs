@@ -56,7 +56,7 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{
-    Column, DFSchemaRef, DataFusionError, Result, ScalarValue, internal_err, plan_err,
+    Column, DFSchema, DFSchemaRef, DataFusionError, Result, ScalarValue, internal_err, plan_err,
 };
 use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::memory_pool::MemoryConsumer;
@@ -92,7 +92,15 @@ pub(crate) struct GapFillRule;
 
 impl AnalyzerRule for GapFillRule {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        Ok(plan.transform_up_with_subqueries(rewrite)?.data)
+        let plan = plan.transform_up_with_subqueries(rewrite)?;
+        if !plan.transformed {
+            return Ok(plan.data);
+        }
+        // The filled aggregates may be NULL now: nodes above learn that from their input.
+        Ok(plan
+            .data
+            .transform_up_with_subqueries(|p| Ok(Transformed::yes(p.recompute_schema()?)))?
+            .data)
     }
 
     fn name(&self) -> &str {
@@ -175,8 +183,8 @@ fn rewrite(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
         group_expr,
         agg.aggr_expr.clone(),
     )?);
-    let schema = Arc::clone(aggregate.schema());
-    let column = |j: usize| Column::from(schema.qualified_field(j));
+    let input_schema = Arc::clone(aggregate.schema());
+    let column = |j: usize| Column::from(input_schema.qualified_field(j));
     let series = (0..agg.group_expr.len())
         .filter(|&j| j != i)
         .map(column)
@@ -188,7 +196,7 @@ fn rewrite(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
         start,
         end,
         zone,
-        schema,
+        schema: filled_schema(&input_schema, agg.group_expr.len())?,
         input: Arc::new(aggregate),
     };
     Ok(Transformed::yes(LogicalPlan::Extension(Extension {
@@ -196,8 +204,29 @@ fn rewrite(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
     })))
 }
 
+/// The schema of a fill of `input`: the same columns, the first `keys` (the GROUP BY
+/// columns) as they are, the aggregates nullable (a filled row has none).
+fn filled_schema(input: &DFSchemaRef, keys: usize) -> Result<DFSchemaRef> {
+    let fields = input
+        .iter()
+        .enumerate()
+        .map(|(i, (q, f))| {
+            let f = if i < keys {
+                Arc::clone(f)
+            } else {
+                Arc::new(f.as_ref().clone().with_nullable(true))
+            };
+            (q.cloned(), f)
+        })
+        .collect();
+    Ok(Arc::new(
+        DFSchema::new_with_metadata(fields, input.metadata().clone())?
+            .with_functional_dependencies(input.functional_dependencies().clone())?,
+    ))
+}
+
 /// The logical node: rows of `input` plus one of NULLs for every missing bucket of every
-/// series. Its schema is its input's.
+/// series. Its schema is its input's, with the aggregates nullable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct GapFill {
     input: Arc<LogicalPlan>,
@@ -210,6 +239,13 @@ pub(crate) struct GapFill {
     end: Expr,
     zone: Option<Expr>,
     schema: DFSchemaRef,
+}
+
+impl GapFill {
+    /// How many leading columns of the input are GROUP BY columns.
+    fn keys(&self) -> usize {
+        self.series.len() + 1
+    }
 }
 
 impl PartialOrd for GapFill {
@@ -274,6 +310,15 @@ impl UserDefinedLogicalNodeCore for GapFill {
             other => internal_err!("GapFill: expected a column, got {other}"),
         };
         let input = inputs.remove(0);
+        let keys = match input
+            .schema()
+            .fields()
+            .len()
+            .checked_sub(self.schema.fields().len())
+        {
+            Some(0) => self.keys(),
+            _ => return internal_err!("GapFill: the input's columns changed"),
+        };
         Ok(Self {
             bucket: column(&exprs[0])?,
             series: exprs[1..=n].iter().map(column).collect::<Result<_>>()?,
@@ -281,7 +326,7 @@ impl UserDefinedLogicalNodeCore for GapFill {
             start: exprs[n + 2].clone(),
             end: exprs[n + 3].clone(),
             zone: exprs.get(n + 4).cloned(),
-            schema: Arc::clone(input.schema()),
+            schema: filled_schema(input.schema(), keys)?,
             input: Arc::new(input),
         })
     }
@@ -381,9 +426,11 @@ impl ExtensionPlanner for GapFillPlanner {
                 zone.map(|z| format!(", zone={z}")).unwrap_or_default()
             ),
         };
+        let schema = Arc::new(node.schema.as_arrow().clone());
         Ok(Some(Arc::new(GapFillExec::new(
             Arc::clone(input),
             Arc::new(spec),
+            schema,
         ))))
     }
 }
@@ -425,9 +472,14 @@ impl Spec {
     }
 
     /// The input rows and a row of NULLs for every missing bucket of every series.
-    fn fill(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    fn fill(
+        &self,
+        input_schema: &SchemaRef,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+    ) -> Result<RecordBatch> {
         let buckets = self.buckets()?;
-        let input = concat_batches(schema, batches)?;
+        let input = concat_batches(input_schema, batches)?;
         let n = input.num_rows();
         let mut keys: Vec<SortColumn> = self
             .series
@@ -456,7 +508,7 @@ impl Spec {
             return internal_err!("GapFill: the bucket column is not a nanosecond timestamp");
         };
         let ranges = if self.series.is_empty() {
-            vec![0..n]
+            std::iter::once(0..n).collect()
         } else if n == 0 {
             vec![]
         } else {
@@ -551,9 +603,9 @@ pub(crate) struct GapFillExec {
 }
 
 impl GapFillExec {
-    fn new(input: Arc<dyn ExecutionPlan>, spec: Arc<Spec>) -> Self {
+    fn new(input: Arc<dyn ExecutionPlan>, spec: Arc<Spec>, schema: SchemaRef) -> Self {
         let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(input.schema()),
+            EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(1),
             EmissionType::Final,
             Boundedness::Bounded,
@@ -610,6 +662,7 @@ impl ExecutionPlan for GapFillExec {
         Ok(Arc::new(Self::new(
             children.remove(0),
             Arc::clone(&self.spec),
+            self.schema(),
         )))
     }
 
@@ -626,11 +679,12 @@ impl ExecutionPlan for GapFillExec {
         let spec = Arc::clone(&self.spec);
         let reservation = MemoryConsumer::new("GapFillExec").register(context.memory_pool());
         let out_schema = Arc::clone(&schema);
+        let input_schema = self.input.schema();
         let work = async move {
             let batches = collect(input).await?;
             let held: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
             reservation.try_grow(held)?;
-            let out = spec.fill(&out_schema, &batches)?;
+            let out = spec.fill(&input_schema, &out_schema, &batches)?;
             drop(batches);
             reservation.try_resize(out.get_array_memory_size())?;
             Ok::<_, DataFusionError>(out)
