@@ -695,3 +695,108 @@ impl ExecutionPlan for GapFillExec {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{Field, IntervalMonthDayNano, TimeUnit};
+
+    const H: i64 = 3_600_000_000_000;
+
+    fn spec(start: i64, end: i64) -> Spec {
+        Spec {
+            bucket: 1,
+            series: vec![0],
+            bucketer: Bucketer::new(IntervalMonthDayNano::new(0, 0, H), None)
+                .unwrap_or_else(|e| panic!("{e}")),
+            start,
+            end,
+            display: String::new(),
+        }
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("device", DataType::Utf8, false),
+            Field::new(
+                "bucket",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("n", DataType::Int64, true),
+        ]))
+    }
+
+    fn batch(rows: &[(&str, Option<i64>, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(
+                    TimestampNanosecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn rows(b: &RecordBatch) -> Vec<(String, Option<i64>, Option<i64>)> {
+        let d = b.column(0).as_string::<i32>();
+        let t = b.column(1).as_primitive::<TimestampNanosecondType>();
+        let n = b
+            .column(2)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        (0..b.num_rows())
+            .map(|i| {
+                (
+                    d.value(i).to_owned(),
+                    t.is_valid(i).then(|| t.value(i)),
+                    n.is_valid(i).then(|| n.value(i)),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_series_gets_every_bucket_and_keeps_its_own_rows() -> Result<()> {
+        // Unsorted, over two batches; y has a row before the range and one without a bucket.
+        let input = [
+            batch(&[("y", Some(2 * H), 5), ("x", Some(H), 1)]),
+            batch(&[("y", None, 9), ("y", Some(-H), 7)]),
+        ];
+        let out = spec(0, 3 * H).fill(&schema(), &schema(), &input)?;
+        let r = |d: &str, t: Option<i64>, n: Option<i64>| (d.to_owned(), t, n);
+        assert_eq!(
+            rows(&out),
+            [
+                r("x", Some(0), None),
+                r("x", Some(H), Some(1)),
+                r("x", Some(2 * H), None),
+                r("y", Some(-H), Some(7)),
+                r("y", Some(0), None),
+                r("y", Some(H), None),
+                r("y", Some(2 * H), Some(5)),
+                r("y", None, Some(9)),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn no_rows_means_no_series_and_no_buckets() -> Result<()> {
+        let out = spec(0, 3 * H).fill(&schema(), &schema(), &[])?;
+        assert_eq!(out.num_rows(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn huge_fills_are_refused() {
+        let s = spec(0, i64::try_from(MAX_BUCKETS).unwrap_or(i64::MAX) * H + H);
+        let err = s.buckets().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("more than 1000000 buckets"), "{err}");
+        assert_eq!(spec(0, 3 * H).buckets().ok(), Some(vec![0, H, 2 * H]));
+    }
+}

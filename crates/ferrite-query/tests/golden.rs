@@ -362,3 +362,53 @@ fn the_golden_format_parses() {
     assert_eq!(float(24.0), "24");
     assert_eq!(float(-0.0000001), "0");
 }
+
+/// Grafana and pgwire clients send the range as parameters: `$1`/`$2` as strings or as
+/// timestamps both work, and so does the same prepared statement for another range.
+#[tokio::test]
+async fn gap_filling_takes_its_range_from_parameters() {
+    use ferrite_query::ScalarValue;
+    use futures_util::TryStreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for w in writes() {
+        store.write(w).await.unwrap();
+    }
+    let engine = QueryEngine::new(Arc::clone(&store), QueryConfig::default()).unwrap();
+    let prepared = engine
+        .prepare(
+            "SELECT time_bucket_gapfill(INTERVAL '1 hour', time, $1, $2) AS hour, count(*) AS n \
+             FROM power WHERE time >= $1 AND time < $2 GROUP BY 1 ORDER BY 1",
+        )
+        .await
+        .unwrap();
+    let run = |from: ScalarValue, to: ScalarValue| {
+        let (engine, prepared) = (&engine, &prepared);
+        async move {
+            let stream = engine.execute(prepared, vec![from, to]).await.unwrap();
+            let schema = stream.schema();
+            let batches: Vec<_> = stream.try_collect().await.unwrap();
+            render(&QueryResult { schema, batches })
+        }
+    };
+    let text = |s: &str| ScalarValue::Utf8(Some(s.to_owned()));
+    assert_eq!(
+        run(text("2024-03-31T00:00:00Z"), text("2024-03-31T03:00:00Z")).await,
+        [
+            "hour | n",
+            "2024-03-31T00:00:00Z | 8",
+            "2024-03-31T01:00:00Z | 1",
+            "2024-03-31T02:00:00Z | NULL",
+        ]
+    );
+    let ts = |s: &str| ScalarValue::TimestampNanosecond(Some(at(s)), Some("UTC".into()));
+    assert_eq!(
+        run(ts("2024-03-30T23:00:00Z"), ts("2024-03-31T01:00:00Z")).await,
+        [
+            "hour | n",
+            "2024-03-30T23:00:00Z | NULL",
+            "2024-03-31T00:00:00Z | 8",
+        ]
+    );
+}

@@ -12,6 +12,9 @@
 //!   nearest earlier and nearest later non-NULL `x` of the partition, by `time`; NULL before
 //!   the first or after the last (no extrapolation) and where `time` is NULL. Numbers in,
 //!   double out. The window should be ordered by `time`.
+//!
+//! They see only the rows the query read: a gap at the start of a gap-filled range stays
+//! NULL under `locf` unless the WHERE clause reaches back far enough to hold an earlier row.
 
 use std::sync::Arc;
 

@@ -120,6 +120,21 @@ time | hum | hum_then
 2024-03-31T04:00:00Z | 40 | 40
 2024-03-31T05:00:00Z | NULL | 40
 
+query the README's Grafana panel query, macros expanded; locf sees only rows the query read
+SELECT hour AS time, device_id, locf(t) OVER w AS temperature
+FROM (SELECT time_bucket_gapfill('1 hour', time, '2024-03-31T03:00:00Z', '2024-03-31T06:00:00Z') AS hour,
+             device_id, avg(temp) AS t
+      FROM climate WHERE time BETWEEN '2024-03-31T03:00:00Z' AND '2024-03-31T06:00:00Z' GROUP BY 1, 2)
+WINDOW w AS (PARTITION BY device_id ORDER BY hour) ORDER BY 1, 2
+----
+time | device_id | temperature
+2024-03-31T03:00:00Z | a | NULL
+2024-03-31T03:00:00Z | b | NULL
+2024-03-31T04:00:00Z | a | 18
+2024-03-31T04:00:00Z | b | NULL
+2024-03-31T05:00:00Z | a | 20
+2024-03-31T05:00:00Z | b | 30
+
 error outside GROUP BY
 SELECT time_bucket_gapfill(INTERVAL '1 hour', time, '2024-03-31T00:00:00Z', '2024-03-31T06:00:00Z') FROM climate
 ----
