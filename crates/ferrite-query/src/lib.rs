@@ -15,6 +15,11 @@
 //! ([`QueryEngine::execute`] → [`QueryStream`], under the same time and row limits). Parameter
 //! values are bound into the plan, never spliced into SQL text.
 //!
+//! Ferrite's time-series functions (`time_bucket` with time zones, `time_bucket_gapfill`,
+//! `first`/`last`, `increase`/`rate`/`derivative`, `locf`/`interpolate`) are registered
+//! beside DataFusion's own; `functions` describes each, `gapfill` how gap filling is
+//! planned (an analyzer rule, a logical node and its execution plan).
+//!
 //! Does not format results for any wire (HTTP JSON, pgwire): that is the API's job.
 
 mod error;
