@@ -15,9 +15,16 @@
 //! ([`QueryEngine::execute`] → [`QueryStream`], under the same time and row limits). Parameter
 //! values are bound into the plan, never spliced into SQL text.
 //!
+//! Ferrite's time-series functions (`time_bucket` with time zones, `time_bucket_gapfill`,
+//! `first`/`last`, `increase`/`rate`/`derivative`, `locf`/`interpolate`) are registered
+//! beside DataFusion's own; `functions` describes each, `gapfill` how gap filling is
+//! planned (an analyzer rule, a logical node and its execution plan).
+//!
 //! Does not format results for any wire (HTTP JSON, pgwire): that is the API's job.
 
 mod error;
+mod functions;
+mod gapfill;
 mod table;
 
 use std::pin::Pin;
@@ -34,6 +41,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ferrite_store::Store;
@@ -119,7 +127,16 @@ impl QueryEngine {
         // Evaluate filters while decoding Parquet pages, so rows outside them are skipped.
         session.options_mut().execution.parquet.pushdown_filters = true;
         session.options_mut().execution.parquet.reorder_filters = true;
-        let ctx = SessionContext::new_with_config_rt(session, runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(session)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_query_planner(Arc::new(gapfill::FerritePlanner))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        // After DataFusion's own rules, so the gap-fill rule sees type-coerced arguments.
+        ctx.add_analyzer_rule(Arc::new(gapfill::GapFillRule));
+        functions::register(&ctx);
         let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
         datafusion::catalog::CatalogProvider::register_schema(
             catalog.as_ref(),
