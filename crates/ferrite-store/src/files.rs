@@ -253,6 +253,7 @@ fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, TimestampNanosecondArray};

@@ -132,6 +132,9 @@ impl Sink {
     }
 }
 
+/// An opened target, the writer of its bytes, and its file (Parquet writes the file itself).
+type Opened = (Target, Box<dyn Write + Send>, Option<File>);
+
 /// Where the rows go: a file under a temporary name until it is complete, or stdout.
 struct Target {
     /// (final path, temporary path) for a file.
@@ -139,7 +142,7 @@ struct Target {
 }
 
 impl Target {
-    fn open(out: Option<&Path>) -> Result<(Self, Box<dyn Write + Send>, Option<File>), String> {
+    fn open(out: Option<&Path>) -> Result<Opened, String> {
         match out.filter(|p| p.as_os_str() != "-") {
             None => Ok((
                 Self { paths: None },
