@@ -1,6 +1,11 @@
 //! One measurement as a DataFusion table: the store's Parquet files (scanned with row-group
 //! and page pruning) united with its in-memory rows, restricted to the time range the query's
 //! filters allow so files and memtable rows outside it are never touched.
+//!
+//! The scan sits under a [`StoreScanExec`], which passes everything through and shows in
+//! `EXPLAIN` what the store pruned: the time range taken from the filters, the files scanned
+//! of all the table's files, partitions merged in memory, and in-memory batches. (Row groups
+//! and pages pruned inside the files are in `EXPLAIN ANALYZE`'s Parquet metrics.)
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -10,15 +15,22 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, new_null_array};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::{MemTable, TableType};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
+};
 use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use ferrite_core::TIME_COLUMN;
 use ferrite_store::Store;
 
@@ -63,6 +75,7 @@ impl TableProvider for StoreTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let range = time_range(filters);
+        let view_range = range.clone();
         let store = Arc::clone(&self.store);
         let name = self.name.clone();
         // A view may merge files of partitions with late rows: file I/O, off the workers.
@@ -99,7 +112,132 @@ impl TableProvider for StoreTable {
             let mem = MemTable::try_new(Arc::clone(&self.schema), vec![batches])?;
             plans.push(mem.scan(state, projection, filters, limit).await?);
         }
-        UnionExec::try_new(plans)
+        let memory_batches = view.batches.len();
+        Ok(Arc::new(StoreScanExec {
+            table: self.name.clone(),
+            range: (*range_start(&view_range), *view_range.end()),
+            files_scanned: view.files.len(),
+            files_total: view.files_total,
+            merged_partitions: view.merged_partitions,
+            memory_batches,
+            input: UnionExec::try_new(plans)?,
+        }))
+    }
+}
+
+fn range_start(r: &RangeInclusive<i64>) -> &i64 {
+    r.start()
+}
+
+/// What the store pruned for one table scan, shown by `EXPLAIN`; otherwise its input as is.
+#[derive(Debug)]
+pub(crate) struct StoreScanExec {
+    table: String,
+    /// The time range (ns, inclusive) the filters allow.
+    range: (i64, i64),
+    files_scanned: usize,
+    files_total: usize,
+    merged_partitions: usize,
+    memory_batches: usize,
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl StoreScanExec {
+    fn time_text(t: i64, unbounded: i64) -> String {
+        if t == unbounded {
+            "unbounded".to_owned()
+        } else {
+            ferrite_core::Timestamp::from_nanos(t).to_string()
+        }
+    }
+}
+
+impl DisplayAs for StoreScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StoreScanExec: table={}, time=[{}, {}], files={} of {} ({} pruned by time), \
+             merged_partitions={}, memory_batches={}",
+            self.table,
+            Self::time_text(self.range.0, i64::MIN),
+            Self::time_text(self.range.1, i64::MAX),
+            self.files_scanned,
+            self.files_total,
+            self.files_total.saturating_sub(self.files_scanned),
+            self.merged_partitions,
+            self.memory_batches
+        )
+    }
+}
+
+impl ExecutionPlan for StoreScanExec {
+    fn name(&self) -> &str {
+        "StoreScanExec"
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .filter(|_| children.is_empty())
+            .ok_or_else(|| DataFusionError::Internal("StoreScanExec has one child".into()))?;
+        Ok(Arc::new(Self {
+            table: self.table.clone(),
+            range: self.range,
+            files_scanned: self.files_scanned,
+            files_total: self.files_total,
+            merged_partitions: self.merged_partitions,
+            memory_batches: self.memory_batches,
+            input,
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
+
+    // Filters from above (such as a TopK's dynamic filter) pass through to the scans.
+    fn gather_filters_for_pushdown(
+        &self,
+        _phase: FilterPushdownPhase,
+        parent_filters: Vec<Arc<dyn PhysicalExpr>>,
+        _config: &ConfigOptions,
+    ) -> Result<FilterDescription> {
+        FilterDescription::from_children(parent_filters, &self.children())
+    }
+
+    fn handle_child_pushdown_result(
+        &self,
+        _phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        Ok(FilterPushdownPropagation::if_all(child_pushdown_result))
     }
 }
 

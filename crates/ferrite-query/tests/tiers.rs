@@ -83,6 +83,32 @@ async fn answers_span_files_late_rows_and_memory() {
         count_sum(&engine, "WHERE time >= to_timestamp_nanos(10800000000000)").await,
         (60, 60.0)
     );
+    // EXPLAIN shows what the store pruned: one hour's file of the three is scanned.
+    let plan = engine
+        .sql(
+            "EXPLAIN SELECT sum(v) FROM readings \
+             WHERE time >= to_timestamp_nanos(3600000000000) AND time < to_timestamp_nanos(7200000000000)",
+        )
+        .await
+        .unwrap();
+    let text: String = plan
+        .batches
+        .iter()
+        .flat_map(|b| {
+            let col = b.column(1).as_string::<i32>();
+            (0..b.num_rows())
+                .map(|i| col.value(i).to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains(
+            "StoreScanExec: table=readings, time=[1970-01-01T01:00:00Z, 1970-01-01T01:59:59.999999999Z], \
+             files=1 of 3 (2 pruned by time), merged_partitions=0"
+        ),
+        "{text}"
+    );
     // A time range that misses every file reads none of them.
     let view = store
         .table_view("readings", 3 * 60 * MIN..=i64::MAX)

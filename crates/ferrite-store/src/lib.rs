@@ -298,6 +298,8 @@ pub struct TableView {
     pub batches: Vec<RecordBatch>,
     /// Partitions whose files had to be merged in memory (late data not yet compacted).
     pub merged_partitions: usize,
+    /// Files the table has in all, inside the range or not (the rest were pruned by time).
+    pub files_total: usize,
 }
 
 /// A write that was queued; await [`PendingWrite::wait`] for its durability.
@@ -459,6 +461,7 @@ impl Store {
         let schema = state.schemas.tables.get(&m)?.clone();
         let arrow = schema.arrow();
         let frozen = state.frozen.clone();
+        let files_total = state.catalog.tables.get(&m).map_or(0, |t| t.files.len());
         let files: Vec<Arc<DataFile>> = state
             .catalog
             .tables
@@ -557,6 +560,7 @@ impl Store {
             files: clean_files,
             batches,
             merged_partitions: dirty.len(),
+            files_total,
         }))
     }
 
