@@ -115,6 +115,8 @@ pub(crate) async fn publish(
                 || code == ReasonCode::UNSPECIFIED_ERROR
             {
                 StatusCode::SERVICE_UNAVAILABLE
+            } else if code == ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR {
+                StatusCode::INTERNAL_SERVER_ERROR
             } else {
                 StatusCode::BAD_REQUEST
             };

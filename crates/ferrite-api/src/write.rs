@@ -121,6 +121,8 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, (StatusCode, String)> {
 fn invalid(status: StatusCode, message: &str) -> Response {
     let code = if status.is_client_error() {
         "invalid"
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
+        "unavailable"
     } else {
         "internal error"
     };

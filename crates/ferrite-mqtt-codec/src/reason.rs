@@ -180,6 +180,13 @@ impl fmt::Display for ReasonCode {
     }
 }
 
+impl ReasonCode {
+    /// Whether MQTT 5 allows this code in a PUBACK or PUBREC (section 3.4.2.1).
+    pub fn allowed_in_puback(self) -> bool {
+        ReasonContext::PubAck.allowed().contains(&self.0)
+    }
+}
+
 /// The packet types that carry reason codes, each with its own table of allowed codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReasonContext {
@@ -221,6 +228,14 @@ impl ReasonContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn puback_codes_follow_the_spec_table() {
+        assert!(ReasonCode::QUOTA_EXCEEDED.allowed_in_puback());
+        assert!(ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR.allowed_in_puback());
+        assert!(!ReasonCode::SERVER_UNAVAILABLE.allowed_in_puback());
+        assert!(!ReasonCode::MALFORMED_PACKET.allowed_in_puback());
+    }
 
     #[test]
     fn error_threshold() {

@@ -849,6 +849,13 @@ impl Session {
                     .stats
                     .publishes_rejected
                     .fetch_add(1, Ordering::Relaxed);
+                // A consumer's code that PUBACK/PUBREC may not carry must not cost the
+                // connection (the ack would fail to encode): fall back to Unspecified error.
+                let code = if code.allowed_in_puback() {
+                    code
+                } else {
+                    ReasonCode::UNSPECIFIED_ERROR
+                };
                 (code, Some(why))
             }
         };

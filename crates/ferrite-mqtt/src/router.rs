@@ -636,7 +636,7 @@ struct SessionDelivery {
 
 fn unavailable() -> Verdict {
     Verdict::Rejected(
-        ReasonCode::SERVER_UNAVAILABLE,
+        ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
         "an internal consumer did not settle the message".to_owned(),
     )
 }

@@ -96,8 +96,13 @@ fn settle_error(delivery: Delivery, e: &StoreError, topic: &TelemetryTopic, stat
             tracing::warn!(device_id = %topic.device, measurement = %topic.measurement, error = %e, "telemetry rejected");
             ReasonCode::PAYLOAD_FORMAT_INVALID
         }
-        _ if matches!(e, StoreError::Full { .. }) => {
-            // Overload, not a fault: counted, logged per message only at debug.
+        _ if matches!(
+            e,
+            StoreError::Full { .. } | StoreError::OverBudget { .. } | StoreError::FlushPending
+        ) =>
+        {
+            // Overload or a full budget, not a fault: counted, logged per message only at
+            // debug (the store logs the cause once).
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(device_id = %topic.device, error = %e, "telemetry refused");
             ReasonCode::QUOTA_EXCEEDED
@@ -105,7 +110,7 @@ fn settle_error(delivery: Delivery, e: &StoreError, topic: &TelemetryTopic, stat
         _ => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(device_id = %topic.device, error = %e, "telemetry not stored");
-            ReasonCode::SERVER_UNAVAILABLE
+            ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR
         }
     };
     delivery.settle(Verdict::Rejected(code, e.to_string()));

@@ -726,3 +726,43 @@ async fn secure_by_default_devices_need_credentials_and_stay_in_their_namespace(
     assert_ne!(code, ConnectReturnCode::Success);
     server.shutdown().await;
 }
+
+/// Past the storage budget a reading is refused: MQTT 5 PUBACK 0x97 (Quota exceeded) with the
+/// reason, HTTP 503, the connection stays up, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_past_the_storage_budget_get_quota_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), ferrite_api::Anonymous::Loopback);
+    config.store.max_bytes = 1;
+    let server = Server::start(config).await.unwrap();
+    let (mqtt, http) = (server.mqtt_addr(), server.http_addr());
+    // No data files yet: under the budget.
+    let ok = publish_v5(mqtt, "b1", vec![r#"{"t": 1}"#.to_owned()]).await;
+    assert_eq!(ok, vec![PubAckReason::Success]);
+    server.store().flush().await.unwrap();
+    assert!(server.store().stats().file_bytes > 1);
+    let refused = publish_v5(
+        mqtt,
+        "b1",
+        vec![r#"{"t": 2}"#.to_owned(), r#"{"t": 3}"#.to_owned()],
+    )
+    .await;
+    assert_eq!(refused, vec![PubAckReason::QuotaExceeded; 2]);
+    let resp = reqwest::Client::new()
+        .post(format!("http://{http}/api/v2/write?bucket=b"))
+        .body("telemetry,device_id=b1 t=4")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("store.max_bytes"),
+        "{body}"
+    );
+    assert_eq!(count(http, "telemetry").await, 1);
+    server.shutdown().await;
+}

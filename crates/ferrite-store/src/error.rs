@@ -9,6 +9,17 @@ pub enum StoreError {
     /// A point conflicts with the table's schema; nothing of its write was stored.
     #[error(transparent)]
     Rejected(#[from] PayloadError),
+    /// The data files take the storage budget (`store.max_bytes`) or more; retry later.
+    #[error(
+        "the store's data files take {used} bytes, at or over store.max_bytes ({max}): writes are \
+         refused until retention frees space or the budget is raised"
+    )]
+    OverBudget {
+        /// Bytes the data files take.
+        used: u64,
+        /// The budget.
+        max: u64,
+    },
     /// The in-memory tables hold `store.max_memtable_rows` rows; retry later.
     #[error("the store holds its maximum of {max_rows} rows in memory (store.max_memtable_rows)")]
     Full {
@@ -58,9 +69,10 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Rejected(e) => e.kind(),
-            StoreError::ShuttingDown | StoreError::Full { .. } | StoreError::FlushPending => {
-                ErrorKind::Unavailable
-            }
+            StoreError::ShuttingDown
+            | StoreError::Full { .. }
+            | StoreError::OverBudget { .. }
+            | StoreError::FlushPending => ErrorKind::Unavailable,
             StoreError::Failed
             | StoreError::Io { .. }
             | StoreError::Encode(_)

@@ -96,6 +96,11 @@ pub struct StoreConfig {
     /// already reading them finish.
     #[serde(with = "humantime_serde")]
     pub file_grace: Duration,
+    /// Storage budget: most bytes the data files may take (0: no budget). At or past it new
+    /// writes are refused as retryable (MQTT 5 reason 0x97, HTTP 503) until retention frees
+    /// space or the budget is raised; nothing stored is evicted. The WAL (bounded by the
+    /// flush settings) and retired files waiting out `file_grace` come on top.
+    pub max_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -113,6 +118,7 @@ impl Default for StoreConfig {
             compaction_min_files: 8,
             compaction_max_rows: 2_000_000,
             file_grace: Duration::from_secs(600),
+            max_bytes: 0,
         }
     }
 }
@@ -765,7 +771,26 @@ fn run_writer(
             let state = shared.read();
             let mut pending = PendingTypes::default();
             let mut rows = state.active.rows();
+            let used: u64 = if config.max_bytes > 0 {
+                state
+                    .catalog
+                    .tables
+                    .values()
+                    .flat_map(|t| t.files.iter())
+                    .map(|f| f.meta.bytes)
+                    .sum()
+            } else {
+                0
+            };
             for r in group.drain(..) {
+                if config.max_bytes > 0 && used >= config.max_bytes {
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    let _ = r.done.send(Err(StoreError::OverBudget {
+                        used,
+                        max: config.max_bytes,
+                    }));
+                    continue;
+                }
                 // Counts every point as a new row: a replacement may be refused near the limit.
                 if rows + r.points.len() > config.max_memtable_rows.max(r.points.len()) {
                     counters.rejected.fetch_add(1, Ordering::Relaxed);

@@ -535,3 +535,52 @@ async fn failing_flushes_keep_rows_and_refuse_writes_past_the_memory_limit() {
     store.flush().await.unwrap();
     assert_eq!(store.stats().file_rows, 4);
 }
+
+#[tokio::test]
+async fn writes_past_the_storage_budget_are_refused_and_change_nothing() {
+    use ferrite_core::{Classify, ErrorKind};
+    let dir = tempfile::tempdir().unwrap();
+    let budget = |max_bytes| StoreConfig {
+        max_bytes,
+        ..config()
+    };
+    // Under the budget (no files yet), writes go in.
+    let (store, _) = Store::open(dir.path(), &budget(1)).unwrap();
+    store
+        .write(
+            (0..3)
+                .map(|h| point("d1", h * HOUR, "t", Value::F64(h as f64)))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    let used = store.stats().file_bytes;
+    assert!(used > 1);
+    store.close();
+    drop(store);
+
+    // At the budget: refused, retryable, nothing changes.
+    let (store, _) = Store::open(dir.path(), &budget(used)).unwrap();
+    let err = store
+        .write(vec![point("d1", 5 * HOUR, "t", Value::F64(5.0))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::OverBudget { used: u, max } if u == used && max == used),
+        "{err}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(err.to_string().contains("store.max_bytes"), "{err}");
+    assert_eq!(values(&store).len(), 3);
+    store.close();
+    drop(store);
+
+    // A raised budget takes writes again.
+    let (store, _) = Store::open(dir.path(), &budget(used + 1_000_000)).unwrap();
+    store
+        .write(vec![point("d1", 5 * HOUR, "t", Value::F64(5.0))])
+        .await
+        .unwrap();
+    assert_eq!(values(&store).len(), 4);
+}
