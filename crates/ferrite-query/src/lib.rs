@@ -141,7 +141,15 @@ impl QueryEngine {
         datafusion::catalog::CatalogProvider::register_schema(
             catalog.as_ref(),
             "public",
-            Arc::new(StoreSchema { store }),
+            Arc::new(StoreSchema {
+                store: Arc::clone(&store),
+            }),
+        )
+        .map_err(QueryError::from_datafusion)?;
+        datafusion::catalog::CatalogProvider::register_schema(
+            catalog.as_ref(),
+            "latest",
+            Arc::new(LatestSchema { store }),
         )
         .map_err(QueryError::from_datafusion)?;
         ctx.register_catalog("ferrite", catalog);
@@ -486,6 +494,40 @@ impl SchemaProvider for StoreSchema {
                 schema,
             }) as Arc<dyn TableProvider>
         }))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.store.schema(name).is_some()
+    }
+}
+
+/// `latest.{table}`: the latest row of every series of a table ([`Store::latest`]), built
+/// from memory at planning time, so its cost follows the number of series, not of rows.
+struct LatestSchema {
+    store: Arc<Store>,
+}
+
+impl std::fmt::Debug for LatestSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatestSchema")
+            .field("dir", &self.store.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for LatestSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.store.tables()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        let Some(latest) = self.store.latest(name) else {
+            return Ok(None);
+        };
+        let latest = latest.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let table = datafusion::datasource::MemTable::try_new(latest.schema, vec![latest.batches])?;
+        Ok(Some(Arc::new(table)))
     }
 
     fn table_exist(&self, name: &str) -> bool {

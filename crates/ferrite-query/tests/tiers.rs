@@ -37,6 +37,43 @@ async fn count_sum(engine: &QueryEngine, filter: &str) -> (i64, f64) {
     )
 }
 
+/// One line per row of a query answering (device_id, time, v), in order.
+async fn lines(engine: &QueryEngine, sql: &str) -> Vec<String> {
+    let r = engine
+        .sql(&format!(
+            "SELECT device_id || ' ' || CAST(CAST(time AS BIGINT) AS VARCHAR) || ' ' || \
+             CAST(v AS VARCHAR) AS line FROM ({sql}) ORDER BY line"
+        ))
+        .await
+        .unwrap();
+    r.batches
+        .iter()
+        .flat_map(|b| {
+            let c = datafusion::arrow::compute::cast(
+                b.column(0),
+                &datafusion::arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            let c = c.as_string::<i32>();
+            (0..b.num_rows())
+                .map(|i| c.value(i).to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `latest.readings` holds exactly the latest row of every device.
+async fn assert_latest(engine: &QueryEngine, expected_devices: usize) {
+    let latest = lines(engine, "SELECT device_id, time, v FROM latest.readings").await;
+    let scanned = lines(
+        engine,
+        "SELECT DISTINCT ON (device_id) device_id, time, v FROM readings ORDER BY device_id, time DESC",
+    )
+    .await;
+    assert_eq!(latest.len(), expected_devices, "{latest:?}");
+    assert_eq!(latest, scanned);
+}
+
 #[tokio::test]
 async fn answers_span_files_late_rows_and_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,6 +103,8 @@ async fn answers_span_files_late_rows_and_memory() {
 
     let whole = (420, 180.0 + 360.0 + 100.0 + 60.0);
     assert_eq!(count_sum(&engine, "").await, whole);
+    // The latest rows: a's from memory, b's from its files.
+    assert_latest(&engine, 2).await;
     // The first hour holds the corrected reading; the second hour is only files.
     assert_eq!(
         count_sum(&engine, "WHERE time < to_timestamp_nanos(3600000000000)").await,
@@ -160,4 +199,13 @@ async fn answers_span_files_late_rows_and_memory() {
     assert_eq!(r.num_rows(), 3);
     assert_eq!(r.batches[0].column(0).as_string::<i32>().value(1), "b");
     assert!(r.batches[0].column(1).is_valid(0));
+    assert_latest(&engine, 3).await;
+    assert_eq!(
+        lines(
+            &engine,
+            "SELECT device_id, time, v FROM latest.readings WHERE device_id = 'c'"
+        )
+        .await,
+        ["c 18000000000000 3.141592653589793"]
+    );
 }

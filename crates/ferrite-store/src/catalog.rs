@@ -255,6 +255,14 @@ impl Catalog {
         sync_dir(root)
     }
 
+    /// The times each table's files span (see [`crate::latest::Coverage`]).
+    pub(crate) fn coverage(&self) -> BTreeMap<Measurement, crate::latest::Coverage> {
+        self.tables
+            .iter()
+            .map(|(name, t)| (name.clone(), crate::latest::Coverage::of_files(&t.files)))
+            .collect()
+    }
+
     /// Delete files under `tables/` that the catalog does not name: leftovers of a flush or
     /// compaction a crash cut short. Returns how many.
     pub(crate) fn remove_orphans(&self, root: &Path) -> Result<usize, StoreError> {

@@ -140,6 +140,37 @@ fn flush(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
         remove_files(written.iter().map(|(_, f)| f.path.clone()));
         return Err(e);
     }
+    // The latest-row index with these rows, on disk before the catalog naming their files.
+    let latest = {
+        let state = shared.read();
+        let mut latest = (*state.latest).clone();
+        for (name, table) in &frozen.mem.tables {
+            latest.merge(name, table);
+        }
+        let mut spans: BTreeMap<Measurement, Vec<(i64, i64)>> = BTreeMap::new();
+        let files = state
+            .catalog
+            .tables
+            .iter()
+            .flat_map(|(name, t)| t.files.iter().map(move |f| (name, f)))
+            .chain(written.iter().map(|(name, f)| (name, f)));
+        for (name, f) in files {
+            spans
+                .entry(name.clone())
+                .or_default()
+                .push((f.meta.min_time, f.meta.max_time));
+        }
+        let coverage = spans
+            .into_iter()
+            .map(|(name, s)| (name, crate::latest::Coverage::new(s.into_iter())))
+            .collect();
+        latest.retain_covered(&coverage);
+        latest
+    };
+    if let Err(e) = latest.save(&shared.dir) {
+        remove_files(written.iter().map(|(_, f)| f.path.clone()));
+        return Err(e);
+    }
     {
         let mut state = shared.write();
         let old_floor = state.catalog.wal_floor;
@@ -165,6 +196,7 @@ fn flush(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
             return Err(e);
         }
         state.frozen = None;
+        state.latest = Arc::new(latest);
     }
     let removed = wal::remove_below(&shared.dir.join("wal"), frozen.wal_floor)?;
     tracing::debug!(

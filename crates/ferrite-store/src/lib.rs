@@ -22,6 +22,7 @@ pub mod catalog;
 mod error;
 mod files;
 mod flush;
+mod latest;
 mod memtable;
 mod schema;
 pub mod wal;
@@ -246,6 +247,8 @@ struct State {
     active: Memtables,
     frozen: Option<Arc<Frozen>>,
     catalog: Catalog,
+    /// The latest row of every series in the data files (the memtables' are laid over it).
+    latest: Arc<latest::LatestIndex>,
 }
 
 /// Whether a flush is running, for the writer to wait on when memory is full.
@@ -342,6 +345,14 @@ impl Store {
                 "deleted data files a crash left outside the catalog"
             );
         }
+        let mut latest = match latest::LatestIndex::load(dir) {
+            Some(index) => index,
+            None if catalog.tables.values().all(|t| t.files.is_empty()) => {
+                latest::LatestIndex::default()
+            }
+            None => latest::LatestIndex::rebuild(&catalog, &schemas)?,
+        };
+        latest.retain_covered(&catalog.coverage());
         let partition_ns = config.partition_ns();
         let mut active = Memtables::default();
         let (wal, report) = wal::open(&dir.join("wal"), catalog.wal_floor, |record| {
@@ -355,6 +366,7 @@ impl Store {
                 active,
                 frozen: None,
                 catalog,
+                latest: Arc::new(latest),
             }),
             counters: Counters::default(),
             gate: FlushGate::default(),
@@ -568,6 +580,57 @@ impl Store {
             merged_partitions: dirty.len(),
             files_total,
         }))
+    }
+
+    /// The latest row of every series of `table` (the row with the greatest time; at equal
+    /// times the last write), sorted by series: one row per series, whatever the number of
+    /// rows stored, read from memory. `None` if there is no such table.
+    pub fn latest(&self, table: &str) -> Option<Result<TableSnapshot, StoreError>> {
+        let m = Measurement::new(table).ok()?;
+        let state = self.shared.read();
+        let schema = state.schemas.tables.get(&m)?.clone();
+        let arrow = schema.arrow();
+        let mut rows: HashMap<&SeriesKey, (i64, &memtable::Fields)> = HashMap::new();
+        if let (Some(index), Some(files)) =
+            (state.latest.tables.get(&m), state.catalog.tables.get(&m))
+        {
+            let cover = latest::Coverage::of_files(&files.files);
+            rows.extend(
+                index
+                    .iter()
+                    .filter(|(_, row)| cover.covers(row.0))
+                    .map(|(s, row)| (s, (row.0, &row.1))),
+            );
+        }
+        // Frozen rows are newer than the files and active rows newer still: at equal times
+        // the later layer wins.
+        let frozen = state.frozen.as_ref().and_then(|f| f.mem.tables.get(&m));
+        for t in frozen.into_iter().chain(state.active.tables.get(&m)) {
+            for (series, time, fields) in t.last_rows() {
+                match rows.get(series) {
+                    Some((seen, _)) if *seen > time => {}
+                    _ => {
+                        rows.insert(series, (time, fields));
+                    }
+                }
+            }
+        }
+        let mut rows: Vec<_> = rows.into_iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let batches = build_batches(
+            &schema,
+            &arrow,
+            rows.into_iter().map(|(s, (t, f))| (s, t, f)),
+        );
+        drop(state);
+        Some(
+            batches
+                .map(|batches| TableSnapshot {
+                    schema: arrow,
+                    batches,
+                })
+                .map_err(|e| StoreError::Encode(e.to_string())),
+        )
     }
 
     /// Every row of a table, merged (last write wins), sorted by series then time; reads

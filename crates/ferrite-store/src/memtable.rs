@@ -98,6 +98,13 @@ impl Table {
             .flat_map(move |(s, rows)| rows.range(range.clone()).map(move |(t, f)| (s, *t, f)))
     }
 
+    /// The latest row of every series, in no particular order.
+    pub(crate) fn last_rows(&self) -> impl Iterator<Item = (&SeriesKey, i64, &Fields)> {
+        self.series
+            .iter()
+            .filter_map(|(s, rows)| rows.last_key_value().map(|(t, f)| (s, *t, f)))
+    }
+
     /// The latest time of every series.
     pub(crate) fn series_max(&self) -> impl Iterator<Item = (&SeriesKey, i64)> {
         self.series

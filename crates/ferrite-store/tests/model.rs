@@ -21,8 +21,9 @@ enum Op {
         as_string: bool,
     },
     /// Drop the store without closing it, then append `garbage` bytes to the WAL (a torn
-    /// write), then reopen.
-    Crash { garbage: Vec<u8> },
+    /// write), then reopen; `lose_index` deletes the latest-row index first, so the reopen
+    /// rebuilds it from the files.
+    Crash { garbage: Vec<u8>, lose_index: bool },
     /// Flush the memtables into files.
     Flush,
     /// Compact and apply retention.
@@ -38,7 +39,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (prop::collection::vec((0u8..4, 0i64..20, any::<i32>()), 1..6), prop::bool::weighted(0.1))
             .prop_map(|(rows, as_string)| Op::Write { rows, as_string }),
-        1 => prop::collection::vec(any::<u8>(), 0..12).prop_map(|garbage| Op::Crash { garbage }),
+        1 => (prop::collection::vec(any::<u8>(), 0..12), prop::bool::weighted(0.3))
+            .prop_map(|(garbage, lose_index)| Op::Crash { garbage, lose_index }),
         2 => Just(Op::Flush),
         1 => Just(Op::Maintain),
         1 => (0i64..20, 0i64..20).prop_map(|(a, b)| Op::View { lo: a.min(b), hi: a.max(b) }),
@@ -57,6 +59,35 @@ fn contents(store: &Store) -> Model {
         add_rows(&mut out, &b);
     }
     out
+}
+
+/// What `Store::latest` gives: one row per device.
+fn latest_contents(store: &Store) -> Result<Model, String> {
+    let mut out = Model::new();
+    let Some(latest) = store.latest("m") else {
+        return Ok(out);
+    };
+    for b in latest.unwrap().batches {
+        let mut rows = Model::new();
+        add_rows(&mut rows, &b);
+        for (k, v) in rows {
+            if out.keys().any(|(d, _)| *d == k.0) {
+                return Err(format!("device {} has two latest rows", k.0));
+            }
+            out.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+/// The model's latest row of each device.
+fn latest_of(model: &Model) -> Model {
+    let mut out: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for ((d, t), v) in model {
+        // Keys are ordered by device then time, so the last one seen is the latest.
+        out.insert(d.clone(), (*t, *v));
+    }
+    out.into_iter().map(|(d, (t, v))| ((d, t), v)).collect()
 }
 
 /// The rows a reader sees for `lo..=hi`: every file of the view read with the parquet crate,
@@ -177,7 +208,7 @@ proptest! {
                         .collect();
                     prop_assert_eq!(seen, Ok(expected));
                 }
-                Op::Crash { garbage } => {
+                Op::Crash { garbage, lose_index } => {
                     // Stops the threads like a kill would, without flushing the memtables.
                     let s = store.take().unwrap();
                     s.close();
@@ -187,10 +218,14 @@ proptest! {
                     let seg = std::fs::read_dir(dir.path().join("wal")).unwrap()
                         .map(|e| e.unwrap().path()).max().unwrap();
                     std::fs::OpenOptions::new().append(true).open(seg).unwrap().write_all(&garbage).unwrap();
+                    if lose_index {
+                        let _ = std::fs::remove_file(dir.path().join("latest.bin"));
+                    }
                     store = Some(Store::open(dir.path(), &config).unwrap().0);
                 }
             }
             prop_assert_eq!(&contents(store.as_ref().unwrap()), &model);
+            prop_assert_eq!(latest_contents(store.as_ref().unwrap()), Ok(latest_of(&model)));
         }
     }
 }

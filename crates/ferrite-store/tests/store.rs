@@ -236,7 +236,14 @@ fn config() -> StoreConfig {
 const HOUR: i64 = 3_600_000_000_000;
 
 fn values(store: &Store) -> Vec<(String, i64, f64)> {
-    let snap = store.snapshot("telemetry").unwrap().unwrap();
+    rows_of(&store.snapshot("telemetry").unwrap().unwrap())
+}
+
+fn latest(store: &Store) -> Vec<(String, i64, f64)> {
+    rows_of(&store.latest("telemetry").unwrap().unwrap())
+}
+
+fn rows_of(snap: &ferrite_store::TableSnapshot) -> Vec<(String, i64, f64)> {
     let mut out = Vec::new();
     for b in &snap.batches {
         let d = b
@@ -458,6 +465,76 @@ async fn retention_drops_whole_partitions_past_their_age() {
         values(&store).into_iter().map(|r| r.2).collect::<Vec<_>>(),
         [3.0]
     );
+}
+
+#[tokio::test]
+async fn latest_keeps_one_row_per_series_through_flushes_late_rows_retention_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        retention: std::time::Duration::from_secs(2 * 3600),
+        ..config()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let recent = now - 60_000_000_000;
+    let (store, _) = Store::open(dir.path(), &config).unwrap();
+    let write = |points| store.write(points);
+    write(vec![
+        point("d1", now - 5 * HOUR, "t", Value::F64(1.0)),
+        point("d2", now - 5 * HOUR, "t", Value::F64(10.0)),
+    ])
+    .await
+    .unwrap();
+    store.flush().await.unwrap();
+    // In memory over the files.
+    write(vec![point("d1", recent, "t", Value::F64(3.0))])
+        .await
+        .unwrap();
+    let expected = vec![
+        ("d1".to_owned(), recent, 3.0),
+        ("d2".to_owned(), now - 5 * HOUR, 10.0),
+    ];
+    assert_eq!(latest(&store), expected);
+    // A late row changes nothing; a rewrite of the latest row replaces it.
+    write(vec![point("d1", now - HOUR / 2, "t", Value::F64(2.0))])
+        .await
+        .unwrap();
+    assert_eq!(latest(&store), expected);
+    store.flush().await.unwrap();
+    write(vec![point("d1", recent, "t", Value::F64(4.0))])
+        .await
+        .unwrap();
+    let expected = vec![
+        ("d1".to_owned(), recent, 4.0),
+        ("d2".to_owned(), now - 5 * HOUR, 10.0),
+    ];
+    assert_eq!(latest(&store), expected);
+    store.flush().await.unwrap();
+    assert_eq!(latest(&store), expected);
+    store.close();
+    drop(store);
+
+    // From latest.bin, then rebuilt from the files without it.
+    let (store, _) = Store::open(dir.path(), &config).unwrap();
+    assert_eq!(latest(&store), expected);
+    store.close();
+    drop(store);
+    std::fs::remove_file(dir.path().join("latest.bin")).unwrap();
+    let (store, _) = Store::open(dir.path(), &config).unwrap();
+    assert_eq!(latest(&store), expected);
+
+    // Retention drops d2's only partition, and its latest row with it, also after a reopen.
+    store.maintain().unwrap();
+    assert_eq!(store.stats().partitions_dropped, 1);
+    let expected = vec![("d1".to_owned(), recent, 4.0)];
+    assert_eq!(latest(&store), expected);
+    store.close();
+    drop(store);
+    let (store, _) = Store::open(dir.path(), &config).unwrap();
+    assert_eq!(latest(&store), expected);
+    assert!(store.latest("no_such_table").is_none());
 }
 
 #[tokio::test]
