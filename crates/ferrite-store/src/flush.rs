@@ -349,10 +349,17 @@ fn pick_compaction(shared: &Shared) -> Option<(Measurement, Vec<Arc<DataFile>>)>
             partitions.entry(f.meta.partition).or_default().push(f);
         }
         for files in partitions.values() {
-            let rows: u64 = files.iter().map(|f| f.meta.rows).sum();
-            if files.iter().any(|f| f.meta.late) && files.len() > 1 {
-                if rows <= config.compaction_max_rows as u64 {
-                    return Some((name.clone(), files.iter().map(|f| Arc::clone(f)).collect()));
+            if files.iter().any(|f| f.meta.late) {
+                // A late file can share rows only with files whose time span meets its own,
+                // so it is merged with those alone (and theirs, transitively), not with the
+                // whole partition: late rows near the newest data rewrite the newest files.
+                for group in overlapping(files) {
+                    let rows: u64 = group.iter().map(|f| f.meta.rows).sum();
+                    if group.iter().any(|f| f.meta.late)
+                        && rows <= config.compaction_max_rows as u64
+                    {
+                        return Some((name.clone(), group.into_iter().map(Arc::clone).collect()));
+                    }
                 }
                 continue;
             }
@@ -379,6 +386,28 @@ fn pick_compaction(shared: &Shared) -> Option<(Measurement, Vec<Arc<DataFile>>)>
         }
     }
     None
+}
+
+/// The files of one partition in groups whose time spans meet (directly or through other
+/// files of the group); files of different groups cannot hold a row of the same time.
+fn overlapping<'a>(files: &[&'a Arc<DataFile>]) -> Vec<Vec<&'a Arc<DataFile>>> {
+    let mut sorted = files.to_vec();
+    sorted.sort_by_key(|f| (f.meta.min_time, f.meta.max_time));
+    let mut groups: Vec<Vec<&Arc<DataFile>>> = Vec::new();
+    let mut reach = i64::MIN;
+    for f in sorted {
+        match groups.last_mut() {
+            Some(g) if f.meta.min_time <= reach => {
+                g.push(f);
+                reach = reach.max(f.meta.max_time);
+            }
+            _ => {
+                groups.push(vec![f]);
+                reach = f.meta.max_time;
+            }
+        }
+    }
+    groups
 }
 
 /// Merge `inputs` (one partition of `table`) into one file, last write wins by sequence, and

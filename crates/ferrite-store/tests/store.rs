@@ -391,16 +391,27 @@ async fn late_rewrites_win_over_flushed_rows_before_and_after_compaction() {
         "the first file, a late file and a plain one"
     );
     assert_eq!(values(&store)[3].2, 30.0);
+    // The late file is merged with the file whose time span it meets (t 0..9), not with the
+    // newer one (t 20), which cannot hold a row it replaces.
+    let mut before = parquet_files(dir.path());
+    before.sort();
     assert_eq!(store.maintain().unwrap(), 1);
     let stats = store.stats();
-    assert_eq!((stats.files, stats.file_rows), (1, 11));
+    assert_eq!((stats.files, stats.file_rows), (2, 11));
+    let kept: Vec<_> = before.iter().filter(|f| f.exists()).collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "only the file the late rows do not meet is kept"
+    );
+    assert_ne!(kept[0], &before[0], "the first flush's file was merged");
     let view = store.table_view("telemetry", 0..=100).unwrap().unwrap();
     assert_eq!(view.merged_partitions, 0);
-    assert_eq!(view.files.len(), 1);
+    assert_eq!(view.files.len(), 2);
     assert_eq!(values(&store)[3].2, 30.0);
     assert_eq!(
         parquet_files(dir.path()).len(),
-        1,
+        2,
         "compacted inputs deleted"
     );
     store.close();
