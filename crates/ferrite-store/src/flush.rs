@@ -48,7 +48,6 @@ pub(crate) fn wait_idle(gate: &FlushGate) {
 pub(crate) fn run(shared: &Shared, tasks: &Receiver<Task>, jobs: &mpsc::WeakSender<Job>) {
     let tick = shared.config.flush_interval.min(Duration::from_secs(5));
     let mut last_timed = Instant::now();
-    let mut last_maintenance = Instant::now();
     // A flush that failed, retried every tick.
     let mut retry: Option<Task> = None;
     loop {
@@ -84,12 +83,6 @@ pub(crate) fn run(shared: &Shared, tasks: &Receiver<Task>, jobs: &mpsc::WeakSend
             if due && let Some(tx) = jobs.upgrade() {
                 // Full queue: the writer is busy and will flush by size or age itself.
                 let _ = tx.try_send(Job::Flush(None));
-            }
-        }
-        if last_maintenance.elapsed() >= tick {
-            last_maintenance = Instant::now();
-            if let Err(e) = maintain(shared) {
-                tracing::error!(error = %e, "compaction or retention failed; retrying later");
             }
         }
     }
@@ -255,6 +248,18 @@ fn remove_files(paths: impl Iterator<Item = PathBuf>) {
             tracing::warn!(path = %p.display(), error = %e, "could not delete a data file");
         }
     }
+}
+
+/// The maintenance thread's loop: [`maintain`] every tick, on a thread of its own so a long
+/// compaction never holds up a flush; ends when `stop`'s sender is dropped.
+pub(crate) fn run_maintenance(shared: &Shared, stop: &Receiver<()>) {
+    let tick = shared.config.flush_interval.min(Duration::from_secs(5));
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(tick) {
+        if let Err(e) = maintain(shared) {
+            tracing::error!(error = %e, "compaction or retention failed; retrying later");
+        }
+    }
+    tracing::debug!("maintenance thread stopped");
 }
 
 /// Apply retention, compact what needs it, delete retired files whose grace has passed.

@@ -327,6 +327,8 @@ pub struct Store {
     /// Queue to the WAL writer thread; `None` once shutdown began. Bounded: see
     /// [`StoreConfig::write_queue`].
     tx: RwLock<Option<mpsc::Sender<Job>>>,
+    /// Dropped to stop the maintenance thread (compaction, retention).
+    stop_maintenance: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -394,11 +396,20 @@ impl Store {
                 .spawn(move || flush::run(&shared, &flush_rx, &jobs))
                 .map_err(|e| StoreError::io("starting the flush thread for", dir, e))?
         };
+        let (stop_maintenance, stop) = std::sync::mpsc::channel::<()>();
+        let maintainer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("ferrite-maintain".into())
+                .spawn(move || flush::run_maintenance(&shared, &stop))
+                .map_err(|e| StoreError::io("starting the maintenance thread for", dir, e))?
+        };
         Ok((
             Self {
                 tx: RwLock::new(Some(tx)),
+                stop_maintenance: Mutex::new(Some(stop_maintenance)),
                 shared,
-                threads: Mutex::new(vec![writer, flusher]),
+                threads: Mutex::new(vec![writer, flusher, maintainer]),
             },
             report,
         ))
@@ -709,6 +720,10 @@ impl Store {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        self.stop_maintenance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let handles =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
         for h in handles {
@@ -725,6 +740,10 @@ impl Drop for Store {
         // no join here (Drop may run on an async worker).
         self.tx
             .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.stop_maintenance
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
     }
