@@ -336,6 +336,23 @@ impl QueryEngine {
                 .filter(col("time").lt(at(to)))
                 .map_err(QueryError::from_datafusion)?;
         }
+        // Strings leave as plain UTF-8 (queries read them as views), the type every reader of
+        // the exported files knows.
+        let plain: Vec<_> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = col(datafusion::common::Column::from_name(f.name()));
+                if f.data_type() == &datafusion::arrow::datatypes::DataType::Utf8View {
+                    datafusion::logical_expr::cast(c, datafusion::arrow::datatypes::DataType::Utf8)
+                        .alias(f.name())
+                } else {
+                    c
+                }
+            })
+            .collect();
+        df = df.select(plain).map_err(QueryError::from_datafusion)?;
         let rows = df
             .clone()
             .count()
@@ -491,7 +508,7 @@ impl SchemaProvider for StoreSchema {
             Arc::new(table::StoreTable {
                 store: Arc::clone(&self.store),
                 name: name.to_owned(),
-                schema,
+                schema: table::query_schema(&schema),
             }) as Arc<dyn TableProvider>
         }))
     }
