@@ -25,7 +25,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,12 +32,15 @@ use ferrite_core::Measurement;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::framed::Format;
 use crate::memtable::SeriesKey;
 use crate::schema::{Schemas, TableSchema};
 
-const MAGIC: &[u8; 4] = b"FCAT";
-const VERSION: u16 = 1;
-const HEADER_LEN: usize = 16;
+const FORMAT: Format = Format {
+    magic: b"FCAT",
+    version: 1,
+    what: "catalog",
+};
 const FILE_NAME: &str = "catalog.bin";
 
 /// What the catalog records about one Parquet file.
@@ -153,21 +155,7 @@ impl Catalog {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, why),
             )
         };
-        if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
-            return Err(bad("not a Ferrite catalog".into()));
-        }
-        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != VERSION {
-            return Err(bad(format!(
-                "catalog format version {version} is not supported (this build reads {VERSION})"
-            )));
-        }
-        let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
-        let crc = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-        let payload = bytes
-            .get(HEADER_LEN..HEADER_LEN + len)
-            .filter(|p| crc32fast::hash(p) == crc)
-            .ok_or_else(|| bad("the catalog is damaged (length or checksum)".into()))?;
+        let payload = FORMAT.payload(&bytes).map_err(bad)?;
         let data: CatalogData =
             postcard::from_bytes(payload).map_err(|e| bad(format!("undecodable catalog: {e}")))?;
         let mut catalog = Self {
@@ -233,26 +221,7 @@ impl Catalog {
                 })
                 .collect(),
         };
-        let payload =
-            postcard::to_allocvec(&data).map_err(|e| StoreError::Encode(e.to_string()))?;
-        let len = u32::try_from(payload.len())
-            .map_err(|_| StoreError::Encode("the catalog exceeds 4 GiB".into()))?;
-        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&VERSION.to_le_bytes());
-        bytes.extend_from_slice(&0u16.to_le_bytes());
-        bytes.extend_from_slice(&len.to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        let tmp = root.join("catalog.bin.tmp");
-        let path = root.join(FILE_NAME);
-        let mut f = File::create(&tmp).map_err(|e| StoreError::io("creating", &tmp, e))?;
-        f.write_all(&bytes)
-            .map_err(|e| StoreError::io("writing", &tmp, e))?;
-        f.sync_all()
-            .map_err(|e| StoreError::io("fsyncing", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| StoreError::io("renaming", &tmp, e))?;
-        sync_dir(root)
+        FORMAT.write(root, FILE_NAME, &data)
     }
 
     /// The times each table's files span (see [`crate::latest::Coverage`]).

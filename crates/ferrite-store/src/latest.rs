@@ -20,26 +20,28 @@
 //!              | payload: postcard(Vec<TableData>)
 //! ```
 //!
-//! Written to `latest.bin.tmp`, fsynced and renamed over `latest.bin`, then the folder fsynced.
+//! Written and replaced atomically like the catalog (`framed`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
 use ferrite_core::{Measurement, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, DataFile, sync_dir};
+use crate::catalog::{Catalog, DataFile};
 use crate::error::StoreError;
 use crate::files;
+use crate::framed::Format;
 use crate::memtable::{Fields, SeriesKey, Table};
 use crate::schema::Schemas;
 
-const MAGIC: &[u8; 4] = b"FLST";
-const VERSION: u16 = 1;
-const HEADER_LEN: usize = 16;
+const FORMAT: Format = Format {
+    magic: b"FLST",
+    version: 1,
+    what: "latest-row index",
+};
 const FILE_NAME: &str = "latest.bin";
 
 /// A series' latest row: its time and fields, shared between index generations.
@@ -158,26 +160,7 @@ impl LatestIndex {
                     .collect(),
             })
             .collect();
-        let payload =
-            postcard::to_allocvec(&data).map_err(|e| StoreError::Encode(e.to_string()))?;
-        let len = u32::try_from(payload.len())
-            .map_err(|_| StoreError::Encode("the latest-row index exceeds 4 GiB".into()))?;
-        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&VERSION.to_le_bytes());
-        bytes.extend_from_slice(&0u16.to_le_bytes());
-        bytes.extend_from_slice(&len.to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        let tmp = root.join("latest.bin.tmp");
-        let path = root.join(FILE_NAME);
-        let mut f = File::create(&tmp).map_err(|e| StoreError::io("creating", &tmp, e))?;
-        f.write_all(&bytes)
-            .map_err(|e| StoreError::io("writing", &tmp, e))?;
-        f.sync_all()
-            .map_err(|e| StoreError::io("fsyncing", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| StoreError::io("renaming", &tmp, e))?;
-        sync_dir(root)
+        FORMAT.write(root, FILE_NAME, &data)
     }
 
     /// Build the index by reading every data file, oldest flush first (so at equal times the
@@ -204,21 +187,7 @@ impl LatestIndex {
 }
 
 fn decode(bytes: &[u8]) -> Result<LatestIndex, String> {
-    if bytes.len() < HEADER_LEN || &bytes[..4] != MAGIC {
-        return Err("not a Ferrite latest-row index".into());
-    }
-    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != VERSION {
-        return Err(format!(
-            "format version {version} (this build reads {VERSION})"
-        ));
-    }
-    let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
-    let crc = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-    let payload = bytes
-        .get(HEADER_LEN..HEADER_LEN.saturating_add(len))
-        .filter(|p| crc32fast::hash(p) == crc)
-        .ok_or("damaged (length or checksum)")?;
+    let payload = FORMAT.payload(bytes)?;
     let data: Vec<TableData> = postcard::from_bytes(payload).map_err(|e| e.to_string())?;
     let mut index = LatestIndex::default();
     for t in data {

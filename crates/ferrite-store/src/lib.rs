@@ -22,6 +22,7 @@ pub mod catalog;
 mod error;
 mod files;
 mod flush;
+mod framed;
 mod latest;
 mod memtable;
 mod schema;
