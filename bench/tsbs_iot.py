@@ -631,6 +631,8 @@ def report(args):
         status = ", ".join(agree) if agree else f"agree ({rows} rows)"
         print(f"| {query} | " + " | ".join(cells) + " | " + " | ".join(rcells) + f" | {status} |")
     print()
+    if args.json:
+        write_figures(args, by, order, medians, disagreements)
     for s in order:
         if s == "ferrite" or not ratios[s]:
             continue
@@ -649,6 +651,29 @@ def report(args):
                     print(f"\n{query}: {s} answered {a[0][:5]} ... ({len(a[0])} rows); "
                           f"reference {first[0][:5]} ... ({len(first[0])} rows)", file=sys.stderr)
     return 1 if disagreements else 0
+
+
+def write_figures(args, by, order, medians, disagreements):
+    """The suite's figures in bench/figures.py's form, for bench/run's report."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from figures import Figures
+    figs = Figures("query", "Queries: the TSBS iot suite", {s: by[s]["version"] for s in order},
+                   args.context.replace("\n", " "))
+    for query in KINDS:
+        vals = {s: statistics.median(by[s]["queries"][query]["ms"]) for s in order
+                if by[s]["queries"].get(query, {}).get("ms")}
+        figs.add(f"{query} p50", "ms", "lower", vals, chart="query-latency")
+    suite = {s: statistics.median(medians[s]) for s in order if medians[s]}
+    targets = {"influxdb": 3.0, "postgresql": 3.0, "duckdb": 1.0}
+    for s, want in targets.items():
+        if s in suite and "ferrite" in suite:
+            ratio = suite[s] / suite["ferrite"]
+            figs.add(f"suite median latency, ferrite vs {s}", "ms", "lower",
+                     {"ferrite": suite["ferrite"], s: suite[s]},
+                     target=f"≥ {want:g}× faster than {s}", met=ratio >= want)
+    figs.check("every system gives the same answers to every query" if not disagreements else
+               f"answers differ between systems in {disagreements} cases", disagreements == 0)
+    figs.write(args.json)
 
 
 def main():
@@ -670,6 +695,7 @@ def main():
     p.add_argument("--title", default="## Queries: the TSBS iot suite")
     p.add_argument("--context", default="")
     p.add_argument("--details", action="store_true")
+    p.add_argument("--json", help="also write the figures as JSON (bench/figures.py)")
     args = ap.parse_args()
     if args.cmd == "run":
         run_suite(args)
