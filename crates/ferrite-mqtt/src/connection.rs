@@ -31,7 +31,7 @@ use crate::router::{
     Message, Outgoing, PublishOutcome, SessionHandle, SessionQueue, SubscribeOptions, Verdict,
 };
 use crate::server::Shared;
-use crate::session::{InFlight, Parked};
+use crate::session::{InFlight, Parked, PendingWill, send_will};
 
 /// Longest client identifier accepted (MQTT requires servers to accept 23; more is allowed).
 const MAX_CLIENT_ID_LEN: usize = 256;
@@ -321,10 +321,31 @@ async fn accept<S: AsyncWrite + Unpin>(
         Some(p) if !connect.clean_start => Some(p),
         Some(p) => {
             // Clean Start ends the old session, publishing its pending will.
-            end_session(p, shared).await;
+            end_session(&client_id, p, shared).await;
             None
         }
         None => None,
+    };
+    // The client is back: a will restored at start and still waiting is no longer owed (and
+    // a resumed session's delayed will was dropped with it).
+    drop(shared.sessions.take_orphan_will(&client_id, None));
+    let will_delay = will.as_ref().map_or(Duration::ZERO, |(_, w)| {
+        Duration::from_secs(u64::from(w.properties.will_delay_interval.unwrap_or(0)))
+    });
+    // This connection's will is owed from CONNACK on, whatever happens to the gateway.
+    let stored_will = match (shared.router.session_store(), &will) {
+        (Some(store), Some((topic, w))) => {
+            let message = will_message(topic.clone(), w.clone(), &client_id, shared);
+            store
+                .put_will(&client_id, conn_id, &message, will_delay)
+                .wait()
+                .await
+        }
+        (Some(store), None) => {
+            store.delete_will(&client_id, None);
+            Ok(())
+        }
+        (None, _) => Ok(()),
     };
 
     let mut properties = Properties::default();
@@ -345,7 +366,17 @@ async fn accept<S: AsyncWrite + Unpin>(
         reason_code: ReasonCode::SUCCESS,
         properties,
     });
-    if write_packet(stream, &ack, version).await.is_err() {
+    let refused = if let Err(e) = &stored_will {
+        tracing::error!(client_id = %client_id, error = %e, "cannot store the will; connection refused");
+        refuse(stream, shared, ReasonCode::SERVER_UNAVAILABLE, version).await;
+        true
+    } else {
+        write_packet(stream, &ack, version).await.is_err()
+    };
+    if refused {
+        if let Some(store) = shared.router.session_store() {
+            store.delete_will(&client_id, Some(conn_id));
+        }
         shared.unregister_client(&client_id, conn_id);
         if let Some(p) = resumed {
             // Not resumed after all: keep it for the next try.
@@ -401,9 +432,6 @@ async fn accept<S: AsyncWrite + Unpin>(
         // that is not present on its next CONNACK, which MQTT lets it handle.
         let _ = handle.make_durable(&client_id, expiry, 0);
     }
-    let will_delay = will.as_ref().map_or(Duration::ZERO, |(_, w)| {
-        Duration::from_secs(u64::from(w.properties.will_delay_interval.unwrap_or(0)))
-    });
     let client_receive_max = connect
         .properties
         .receive_maximum
@@ -1199,21 +1227,20 @@ impl Session {
             self.will = None;
         }
         let will = match self.will.take() {
-            Some((topic, will)) if publish_will => Some(Message {
-                topic,
-                payload: will.payload,
-                qos: will.qos,
-                retain: will.retain,
-                // The delay is the server's business; PUBLISH may not carry it.
-                properties: Properties {
-                    will_delay_interval: None,
-                    ..will.properties
-                },
-                publisher: Arc::clone(&self.client_id),
-                received_at: shared.clock.now(),
+            Some((topic, will)) if publish_will => Some(PendingWill {
+                conn_id: self.conn_id,
+                message: will_message(topic, will, &self.client_id, shared),
             }),
             _ => None,
         };
+        // A will not owed any more is forgotten; one held back by a shutdown stays stored,
+        // for the gateway to publish after its restart unless the client returns first.
+        if will.is_none()
+            && !matches!(exit, Exit::Shutdown)
+            && let Some(store) = shared.router.session_store()
+        {
+            store.delete_will(&self.client_id, Some(self.conn_id));
+        }
         let Session {
             client_id,
             conn_id,
@@ -1245,7 +1272,7 @@ impl Session {
             shared.unregister_client(&client_id, conn_id);
             finished.cancel();
             if let Some(will) = will {
-                shared.router.publish(will).await;
+                send_will(shared, &client_id, will).await;
             }
             return;
         }
@@ -1253,7 +1280,7 @@ impl Session {
         let mut delayed_will = None;
         if let Some(will) = will {
             if will_delay.is_zero() {
-                shared.router.publish(will).await;
+                send_will(shared, &client_id, will).await;
             } else {
                 delayed_will = Some(will);
             }
@@ -1276,7 +1303,7 @@ impl Session {
         shared.unregister_client(&client_id, conn_id);
         finished.cancel();
         if let Some(stale) = stale {
-            end_session(stale, shared).await;
+            end_session(&client_id, stale, shared).await;
         }
         shared.stats.sessions_parked.fetch_add(1, Ordering::Relaxed);
         spawn_session_timers(
@@ -1290,14 +1317,36 @@ impl Session {
 }
 
 /// End a parked session: unsubscribe it and publish its pending will.
-async fn end_session(parked: Parked, shared: &Arc<Shared>) {
+async fn end_session(client_id: &Arc<str>, parked: Parked, shared: &Arc<Shared>) {
     let Parked {
         mut handle, will, ..
     } = parked;
     handle.make_volatile();
     drop(handle);
     if let Some(will) = will {
-        shared.router.publish(will).await;
+        send_will(shared, client_id, will).await;
+    }
+}
+
+/// The message a will becomes when it is published.
+fn will_message(
+    topic: TopicName,
+    will: ferrite_mqtt_codec::Will,
+    client_id: &Arc<str>,
+    shared: &Shared,
+) -> Message {
+    Message {
+        topic,
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        // The delay is the server's business; PUBLISH may not carry it.
+        properties: Properties {
+            will_delay_interval: None,
+            ..will.properties
+        },
+        publisher: Arc::clone(client_id),
+        received_at: shared.clock.now(),
     }
 }
 
@@ -1318,7 +1367,7 @@ pub(crate) fn spawn_session_timers(
                 () = shared.shutdown.cancelled() => return,
             }
             if let Some(will) = shared.sessions.take_will(&client_id, generation) {
-                shared.router.publish(will).await;
+                send_will(&shared, &client_id, will).await;
             }
         }
         let until = started.checked_add(expiry);
@@ -1332,7 +1381,7 @@ pub(crate) fn spawn_session_timers(
                 .stats
                 .sessions_expired
                 .fetch_add(1, Ordering::Relaxed);
-            end_session(parked, &shared).await;
+            end_session(&client_id, parked, &shared).await;
         }
     });
 }

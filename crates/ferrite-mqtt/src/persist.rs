@@ -9,7 +9,12 @@
 //! - `inflight`: (client id, seq) → the packet id the delivery was sent with, and whether
 //!   the client sent PUBREC (QoS 2), so a resumed session resends it exactly as MQTT asks;
 //! - `awaiting_rel`: (client id, packet id) → inbound QoS 2 publishes between our PUBREC and
-//!   the client's PUBREL, so a resent PUBLISH after a restart is not routed twice.
+//!   the client's PUBREL, so a resent PUBLISH after a restart is not routed twice;
+//! - `wills`: client id → the will of its latest connection that is still owed: stored before
+//!   CONNACK, deleted when it is published or no longer due (normal DISCONNECT, the client
+//!   came back within the will delay), kept over a shutdown or crash, so the gateway publishes
+//!   it after a restart unless the client returns within its delay. Each record names the
+//!   connection that set it, and a connection deletes only its own.
 //!
 //! Writes go through one writer thread that commits whatever is queued in one transaction
 //! (group commit: one fsync for many writers). Whoever must not answer before the state is
@@ -42,6 +47,9 @@ const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mess
 /// Packet id in the low 16 bits; bit 16 set once the client sent PUBREC.
 const INFLIGHT: TableDefinition<(&str, u64), u32> = TableDefinition::new("inflight");
 const AWAITING_REL: TableDefinition<(&str, u16), ()> = TableDefinition::new("awaiting_rel");
+/// Sealed: connection id (u64 LE), will delay in seconds (u32 LE), the will as a delivery
+/// record.
+const WILLS: TableDefinition<&str, &[u8]> = TableDefinition::new("wills");
 
 /// Format of every stored value (first byte).
 const FORMAT: u8 = 1;
@@ -96,6 +104,9 @@ enum Op {
     SetInflight(Arc<str>, u64, u32),
     PutAwaitingRel(Arc<str>, u16),
     DeleteAwaitingRel(Arc<str>, u16),
+    PutWill(Arc<str>, Bytes),
+    /// Delete the will of a client if the given connection set it (`None`: whoever did).
+    DeleteWill(Arc<str>, Option<u64>),
     /// Commit what came before, then close the database; later writes fail.
     Close,
 }
@@ -112,6 +123,9 @@ pub(crate) struct SessionStore {
     /// publisher) waits for its commits, and receive maximums cap how many it has open.
     tx: mpsc::UnboundedSender<Job>,
     stats: Arc<PersistStats>,
+    /// Client ids that may have a will stored, so a connection without one deletes nothing
+    /// (and costs the store nothing) in the common case.
+    wills: Arc<std::sync::Mutex<std::collections::HashSet<Arc<str>>>>,
 }
 
 impl SessionStore {
@@ -148,6 +162,48 @@ impl SessionStore {
     /// Forget the retained message of `topic`.
     pub(crate) fn clear_retained(&self, topic: &TopicName) -> Commit {
         self.submit_wait(Op::ClearRetained(topic.clone()))
+    }
+
+    /// Keep the will `message` of connection `conn_id` of `client`, published after `delay`
+    /// once its connection is gone; replaces the client's stored will, if any. CONNACK waits
+    /// for this.
+    pub(crate) fn put_will(
+        &self,
+        client: &Arc<str>,
+        conn_id: u64,
+        message: &Message,
+        delay: Duration,
+    ) -> Commit {
+        let inner = encode_delivery(message, message.qos, message.retain, &[]);
+        let mut body = BytesMut::with_capacity(inner.len() + 12);
+        body.put_u64_le(conn_id);
+        body.put_u32_le(u32::try_from(delay.as_secs()).unwrap_or(u32::MAX));
+        body.put_slice(&inner);
+        self.lock_wills().insert(Arc::clone(client));
+        self.submit_wait(Op::PutWill(Arc::clone(client), seal(&body)))
+    }
+
+    /// The will connection `conn_id` of `client` stored is no longer owed (published, or
+    /// dropped); `None` deletes the client's will whoever stored it.
+    pub(crate) fn delete_will(&self, client: &Arc<str>, conn_id: Option<u64>) {
+        let known = {
+            let mut wills = self.lock_wills();
+            // Forgotten here only when deleted whatever connection stored it.
+            if conn_id.is_none() {
+                wills.remove(client)
+            } else {
+                wills.contains(client)
+            }
+        };
+        if known {
+            self.submit(Op::DeleteWill(Arc::clone(client), conn_id), false);
+        }
+    }
+
+    fn lock_wills(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Arc<str>>> {
+        self.wills
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Commit everything written before, then close the file (at shutdown, so the next
@@ -306,10 +362,20 @@ pub(crate) struct RecoveredDelivery {
     pub(crate) inflight: Option<(u16, bool)>,
 }
 
+/// A will still owed when the store was last closed (or the gateway crashed).
+pub(crate) struct RecoveredWill {
+    pub(crate) client_id: Arc<str>,
+    /// The connection that stored it.
+    pub(crate) conn_id: u64,
+    pub(crate) message: Message,
+    pub(crate) delay: Duration,
+}
+
 /// What the store held when it was opened.
 pub(crate) struct Recovered {
     pub(crate) retained: Vec<Message>,
     pub(crate) sessions: Vec<RecoveredSession>,
+    pub(crate) wills: Vec<RecoveredWill>,
 }
 
 /// Open (or create) the store at `path`, read back what it holds, and start its writer.
@@ -333,7 +399,17 @@ pub(crate) fn open(path: &Path) -> Result<(SessionStore, Recovered), PersistErro
         .name("mqtt-sessions".into())
         .spawn(move || run_writer(db, rx, &writer_stats))
         .map_err(|e| fail(e.to_string()))?;
-    Ok((SessionStore { tx, stats }, recovered))
+    let wills = recovered
+        .wills
+        .iter()
+        .map(|w| Arc::clone(&w.client_id))
+        .collect();
+    let store = SessionStore {
+        tx,
+        stats,
+        wills: Arc::new(std::sync::Mutex::new(wills)),
+    };
+    Ok((store, recovered))
 }
 
 fn recover(db: &redb::Database, stats: &PersistStats) -> Result<Recovered, redb::Error> {
@@ -344,6 +420,7 @@ fn recover(db: &redb::Database, stats: &PersistStats) -> Result<Recovered, redb:
     txn.open_table(MESSAGES)?;
     txn.open_table(INFLIGHT)?;
     txn.open_table(AWAITING_REL)?;
+    txn.open_table(WILLS)?;
     txn.commit()?;
 
     let skipped = |what: &str, key: &dyn std::fmt::Debug, why: &str| {
@@ -433,9 +510,26 @@ fn recover(db: &redb::Database, stats: &PersistStats) -> Result<Recovered, redb:
         });
     }
     drop((messages, inflight, awaiting));
+    let mut wills = Vec::new();
+    for row in txn.open_table(WILLS)?.iter()? {
+        let (k, v) = row?;
+        match decode_will(v.value()) {
+            Ok((conn_id, delay, message)) => wills.push(RecoveredWill {
+                client_id: k.value().into(),
+                conn_id,
+                message,
+                delay,
+            }),
+            Err(why) => skipped("wills", &k.value(), why),
+        }
+    }
     drop(txn);
     delete_orphans(db, &sessions)?;
-    Ok(Recovered { retained, sessions })
+    Ok(Recovered {
+        retained,
+        sessions,
+        wills,
+    })
 }
 
 /// Delete rows of sessions that no longer exist (a delivery stored while its session
@@ -507,6 +601,7 @@ fn apply(db: &redb::Database, batch: &[Job]) -> Result<(), redb::Error> {
         let mut messages = txn.open_table(MESSAGES)?;
         let mut inflight = txn.open_table(INFLIGHT)?;
         let mut awaiting = txn.open_table(AWAITING_REL)?;
+        let mut wills = txn.open_table(WILLS)?;
         for job in batch {
             match &job.op {
                 Op::PutRetained(topic, record) => {
@@ -543,6 +638,20 @@ fn apply(db: &redb::Database, batch: &[Job]) -> Result<(), redb::Error> {
                 }
                 Op::DeleteAwaitingRel(client, id) => {
                     awaiting.remove((client.as_ref(), *id))?;
+                }
+                Op::PutWill(client, record) => {
+                    wills.insert(client.as_ref(), record.as_ref())?;
+                }
+                Op::DeleteWill(client, conn_id) => {
+                    let stored_by = wills
+                        .get(client.as_ref())?
+                        .map(|v| will_connection(v.value()));
+                    // A damaged record (no connection id) goes too.
+                    if let Some(by) = stored_by
+                        && (conn_id.is_none() || by.is_none() || by == *conn_id)
+                    {
+                        wills.remove(client.as_ref())?;
+                    }
                 }
                 Op::Close => {}
             }
@@ -606,6 +715,22 @@ fn encode_delivery(message: &Message, qos: QoS, retain: bool, subscription_ids: 
 }
 
 type DecodedDelivery = (Message, QoS, bool, Vec<u32>);
+
+/// The connection id a will record was stored by, if the record is intact.
+fn will_connection(value: &[u8]) -> Option<u64> {
+    let body = unseal(value).ok()?;
+    Some(u64::from_le_bytes(body.get(..8)?.try_into().ok()?))
+}
+
+/// A will record: the connection that stored it, its delay, the will.
+fn decode_will(value: &[u8]) -> Result<(u64, Duration, Message), &'static str> {
+    let body = unseal(value)?;
+    let (head, inner) = body.split_at_checked(12).ok_or("truncated record")?;
+    let conn_id = u64::from_le_bytes(head[..8].try_into().map_err(|_| "truncated record")?);
+    let delay = u32::from_le_bytes(head[8..].try_into().map_err(|_| "truncated record")?);
+    let (message, ..) = decode_delivery(inner)?;
+    Ok((conn_id, Duration::from_secs(u64::from(delay)), message))
+}
 
 fn decode_delivery(value: &[u8]) -> Result<DecodedDelivery, &'static str> {
     let body = unseal(value)?;
@@ -678,6 +803,44 @@ mod tests {
             decode_delivery(&future).unwrap_err(),
             "unknown record format"
         );
+    }
+
+    #[tokio::test]
+    async fn a_will_is_deleted_only_by_the_connection_that_stored_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.redb");
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        {
+            let (store, _) = open(&path).unwrap();
+            let will = message("wills/a", b"gone");
+            store
+                .put_will(&a, 5, &will, Duration::from_secs(30))
+                .wait()
+                .await
+                .unwrap();
+            store
+                .put_will(&b, 6, &message("wills/b", b"b"), Duration::ZERO)
+                .wait()
+                .await
+                .unwrap();
+            // An older connection of `a` ending does not delete the newer one's will.
+            store.delete_will(&a, Some(4));
+            store.delete_will(&b, Some(6));
+            store.close().wait().await.unwrap();
+        }
+        {
+            let (store, recovered) = open(&path).unwrap();
+            assert_eq!(recovered.wills.len(), 1);
+            let w = &recovered.wills[0];
+            assert_eq!((&*w.client_id, w.conn_id), ("a", 5));
+            assert_eq!(w.delay, Duration::from_secs(30));
+            assert_eq!(w.message, message("wills/a", b"gone"));
+            // The client came back: whoever stored it, it is no longer owed.
+            store.delete_will(&a, None);
+            store.close().wait().await.unwrap();
+        }
+        let (_, recovered) = open(&path).unwrap();
+        assert!(recovered.wills.is_empty());
     }
 
     fn options() -> SubscribeOptions {

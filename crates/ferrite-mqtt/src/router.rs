@@ -19,7 +19,8 @@ use ferrite_mqtt_codec::{Properties, QoS, ReasonCode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::persist::{
-    self, Commit, Durable, PersistError, PersistStats, RecoveredSession, SessionStore,
+    self, Commit, Durable, PersistError, PersistStats, RecoveredSession, RecoveredWill,
+    SessionStore,
 };
 use crate::trie::{SubscriberId, SubscriptionTree};
 
@@ -255,6 +256,8 @@ pub struct Router {
     store: Option<SessionStore>,
     /// Persistent sessions read back at start, until the gateway takes them.
     recovered: Arc<Mutex<Vec<RecoveredSession>>>,
+    /// Wills still owed at start, until the gateway takes them.
+    recovered_wills: Arc<Mutex<Vec<RecoveredWill>>>,
     next_id: Arc<AtomicU64>,
     stats: Arc<RouterStats>,
     max_retained: usize,
@@ -283,6 +286,7 @@ impl Router {
             state: Arc::default(),
             store: None,
             recovered: Arc::default(),
+            recovered_wills: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             stats: Arc::default(),
             max_retained,
@@ -315,10 +319,12 @@ impl Router {
         tracing::info!(
             retained = router.retained_count(),
             sessions = recovered.sessions.len(),
+            wills = recovered.wills.len(),
             path = %path.display(),
             "MQTT session store opened"
         );
         router.recovered = Arc::new(Mutex::new(recovered.sessions));
+        router.recovered_wills = Arc::new(Mutex::new(recovered.wills));
         router.store = Some(store);
         Ok(router)
     }
@@ -346,6 +352,22 @@ impl Router {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         )
+    }
+
+    /// The wills still owed at start (once; later calls get none).
+    pub(crate) fn take_recovered_wills(&self) -> Vec<RecoveredWill> {
+        std::mem::take(
+            &mut *self
+                .recovered_wills
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// The session store, for what the gateway keeps outside sessions (wills); `None` for
+    /// an in-memory router.
+    pub(crate) fn session_store(&self) -> Option<&SessionStore> {
+        self.store.as_ref()
     }
 
     /// Counters.

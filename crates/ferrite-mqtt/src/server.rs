@@ -50,6 +50,9 @@ pub struct MqttStats {
     pub sessions_dropped_full: AtomicU64,
     /// Persistent sessions read back from the session store at start.
     pub sessions_restored: AtomicU64,
+    /// Wills read back from the session store at start whose session had ended (each is
+    /// published after its delay unless the client returns first).
+    pub wills_restored: AtomicU64,
     /// QoS 1/2 deliveries resent (DUP) or released again on session resume.
     pub redelivered: AtomicU64,
     /// TLS handshakes that failed or timed out (bad or missing client certificates among them).

@@ -16,7 +16,11 @@
 //!
 //! With a session store (`Router::durable`), persistent sessions are also written to disk
 //! as they change (`persist`), and [`restore`] parks every stored one again when the gateway
-//! starts: its expiry counts again from the restart, and a will it had is not kept.
+//! starts: its expiry counts again from the restart. Wills are stored too, from CONNACK until
+//! they are published or no longer owed, so a will survives a restart or crash of the
+//! gateway: after the restart it waits for its delay interval (counted again from the
+//! restart) in its parked session or, when the session ended with the connection, on its
+//! own, and is published then unless the client has come back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,6 +40,12 @@ pub(crate) struct InFlight {
     pub(crate) released: bool,
 }
 
+/// A will waiting for its delay, and the connection whose stored will it is.
+pub(crate) struct PendingWill {
+    pub(crate) conn_id: u64,
+    pub(crate) message: Message,
+}
+
 /// The state of a session whose connection ended, waiting for the client to return.
 pub(crate) struct Parked {
     /// Distinguishes this parking from a later one of the same client id (timers check it).
@@ -49,7 +59,7 @@ pub(crate) struct Parked {
     pub(crate) next_packet_id: u16,
     pub(crate) next_seq: u64,
     /// A will waiting for its delay interval.
-    pub(crate) will: Option<Message>,
+    pub(crate) will: Option<PendingWill>,
 }
 
 /// Parked sessions by client id. Touched by connection tasks (park, resume, discard) and by
@@ -57,6 +67,9 @@ pub(crate) struct Parked {
 #[derive(Default)]
 pub(crate) struct Sessions {
     parked: Mutex<HashMap<Arc<str>, Parked>>,
+    /// Wills restored at start whose session had ended with its connection, each waiting for
+    /// its delay under a generation number.
+    orphan_wills: Mutex<HashMap<Arc<str>, (u64, PendingWill)>>,
     next_generation: std::sync::atomic::AtomicU64,
 }
 
@@ -93,13 +106,41 @@ impl Sessions {
     }
 
     /// Take the delayed will out of the parking `generation`, leaving the session parked.
-    pub(crate) fn take_will(&self, client_id: &str, generation: u64) -> Option<Message> {
+    pub(crate) fn take_will(&self, client_id: &str, generation: u64) -> Option<PendingWill> {
         let mut parked = self.lock();
         let session = parked.get_mut(client_id)?;
         if session.generation != generation {
             return None;
         }
         session.will.take()
+    }
+
+    /// Keep a restored will that has no session, under a new generation number.
+    fn park_orphan_will(&self, client_id: Arc<str>, will: PendingWill) -> u64 {
+        let generation = self.generation();
+        self.orphan_wills
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(client_id, (generation, will));
+        generation
+    }
+
+    /// Take the restored will of `client_id` out: only if still `generation` (its timer),
+    /// or whatever it is (`None`: the client came back, so it is no longer owed).
+    pub(crate) fn take_orphan_will(
+        &self,
+        client_id: &str,
+        generation: Option<u64>,
+    ) -> Option<PendingWill> {
+        let mut wills = self
+            .orphan_wills
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (wills.get(client_id), generation) {
+            (Some((g, _)), Some(want)) if *g != want => None,
+            (Some(_), _) => wills.remove(client_id).map(|(_, w)| w),
+            (None, _) => None,
+        }
     }
 
     /// Number of parked sessions.
@@ -112,6 +153,22 @@ impl Sessions {
 /// disconnected: subscriptions registered, queued deliveries queued, in-flight ones (with
 /// their packet ids) ready to be resent, and their expiry timers running.
 pub(crate) fn restore(shared: &Arc<Shared>) {
+    let mut wills: HashMap<Arc<str>, (PendingWill, std::time::Duration)> = shared
+        .router
+        .take_recovered_wills()
+        .into_iter()
+        .map(|w| {
+            let message = Message {
+                received_at: shared.clock.now(),
+                ..w.message
+            };
+            let will = PendingWill {
+                conn_id: w.conn_id,
+                message,
+            };
+            (w.client_id, (will, w.delay))
+        })
+        .collect();
     for stored in shared.router.take_recovered() {
         let client_id = stored.client_id;
         let queued = stored
@@ -164,7 +221,11 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
             next_seq += 1;
         }
         let generation = shared.sessions.generation();
-        tracing::debug!(client_id = %client_id, queued, inflight = inflight_out.len(), "persistent session restored");
+        let (will, will_delay) = match wills.remove(&client_id) {
+            Some((will, delay)) => (Some(will), Some(delay)),
+            None => (None, None),
+        };
+        tracing::debug!(client_id = %client_id, queued, inflight = inflight_out.len(), will = will.is_some(), "persistent session restored");
         shared.sessions.park(
             Arc::clone(&client_id),
             Parked {
@@ -175,13 +236,43 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
                 awaiting_rel: stored.awaiting_rel.into_iter().collect(),
                 next_packet_id,
                 next_seq,
-                will: None,
+                will,
             },
         );
         shared
             .stats
             .sessions_restored
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        spawn_session_timers(shared, client_id, generation, stored.expiry, None);
+        spawn_session_timers(shared, client_id, generation, stored.expiry, will_delay);
+    }
+    // Wills of sessions that ended with their connection: each waits for its delay, then
+    // goes out unless the client came back meanwhile.
+    for (client_id, (will, delay)) in wills {
+        tracing::debug!(client_id = %client_id, delay_secs = delay.as_secs(), "will restored");
+        shared
+            .stats
+            .wills_restored
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let generation = shared
+            .sessions
+            .park_orphan_will(Arc::clone(&client_id), will);
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shared.shutdown.cancelled() => return,
+            }
+            if let Some(will) = shared.sessions.take_orphan_will(&client_id, Some(generation)) {
+                send_will(&shared, &client_id, will).await;
+            }
+        });
+    }
+}
+
+/// Publish a will that was owed, then forget its stored copy.
+pub(crate) async fn send_will(shared: &Arc<Shared>, client_id: &Arc<str>, will: PendingWill) {
+    shared.router.publish(will.message).await;
+    if let Some(store) = shared.router.session_store() {
+        store.delete_will(client_id, Some(will.conn_id));
     }
 }

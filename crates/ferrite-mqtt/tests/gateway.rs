@@ -969,6 +969,101 @@ async fn sessions_queues_inflight_state_and_retained_survive_a_restart() {
     shutdown.cancel();
 }
 
+/// A CONNECT with a retained QoS 1 will on `wills/{id}` after `delay` seconds; `expiry`
+/// seconds of session (0: the session ends with the connection).
+fn with_retained_will(id: &str, delay: u32, expiry: u32) -> Connect {
+    let mut c = persistent(ProtocolVersion::V5, id, expiry);
+    c.clean_start = expiry == 0;
+    c.will = Some(ferrite_mqtt_codec::Will {
+        topic: format!("wills/{id}"),
+        payload: bytes::Bytes::from(id.to_owned()),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Properties {
+            will_delay_interval: Some(delay),
+            ..Default::default()
+        },
+    });
+    c
+}
+
+#[tokio::test]
+async fn wills_owed_at_a_restart_are_published_after_it_unless_the_client_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mqtt").join("sessions.redb");
+    let router = Router::durable(100, &path).unwrap();
+    let (server, shutdown) = start(router.clone()).await;
+    let addr = server.local_addr();
+    // Connected when the gateway stops: a clean session with an immediate will, a
+    // persistent one whose will waits 1 s, a persistent one whose client comes back within
+    // its 2 s delay; and a client that disconnected normally, whose will is not owed.
+    let (a, _) = Raw::open(addr, with_retained_will("a", 0, 0)).await;
+    let (b, _) = Raw::open(addr, with_retained_will("b", 1, 300)).await;
+    let (c, _) = Raw::open(addr, with_retained_will("c", 2, 300)).await;
+    let (d, _) = Raw::open(addr, with_retained_will("d", 0, 0)).await;
+    d.disconnect().await;
+    shutdown.cancel();
+    server.wait().await;
+    drop((a, b, c));
+    router.close_store().await;
+    drop(server);
+
+    let router = Router::durable(100, &path).unwrap();
+    let restarted_at = std::time::Instant::now();
+    let (server, shutdown) = start(router.clone()).await;
+    let addr = server.local_addr();
+    let stats = server.stats();
+    assert_eq!(stats.sessions_restored.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        stats.wills_restored.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the clean session's will"
+    );
+    let (c, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "c", 300)).await;
+    assert!(ack.session_present, "c's session came back from disk");
+    let mut watcher = Raw::connect(addr, ProtocolVersion::V5).await;
+    watcher.subscribe("wills/#").await;
+    // Retained wills: each arrives whether it was published before or after the subscribe.
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let will = watcher.expect_publish().await;
+        got.push(String::from_utf8(will.payload.to_vec()).unwrap());
+    }
+    got.sort();
+    assert_eq!(got, ["a", "b"]);
+    assert!(
+        restarted_at.elapsed() >= Duration::from_millis(900),
+        "b's will waited for its delay"
+    );
+    // c came back within its delay: its will never comes (it would have by now + 2 s).
+    let quiet = tokio::time::timeout(
+        Duration::from_millis(2500).saturating_sub(restarted_at.elapsed()),
+        watcher.next(),
+    )
+    .await;
+    assert!(quiet.is_err(), "no will for c or d: {quiet:?}");
+    c.disconnect().await;
+    shutdown.cancel();
+    server.wait().await;
+    drop(watcher);
+    router.close_store().await;
+    drop(server);
+
+    // Published or dropped, none of them is owed any more.
+    let (server, shutdown) = start(Router::durable(100, &path).unwrap()).await;
+    assert_eq!(server.stats().wills_restored.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let mut watcher = Raw::connect(server.local_addr(), ProtocolVersion::V5).await;
+    watcher.subscribe("wills/#").await;
+    for _ in 0..2 {
+        // Only the retained copies of a and b, once each.
+        let will = watcher.expect_publish().await;
+        assert!(will.retain && ["a", "b"].contains(&&*String::from_utf8_lossy(&will.payload)));
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), watcher.next()).await;
+    assert!(quiet.is_err(), "no will published again: {quiet:?}");
+    shutdown.cancel();
+}
+
 /// A gateway with `config`, anonymous loopback clients allowed.
 async fn start_config(config: MqttConfig, router: Router) -> (MqttServer, CancellationToken) {
     let auth = Arc::new(AnonymousLoopback {
