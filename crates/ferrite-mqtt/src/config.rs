@@ -20,12 +20,16 @@ pub struct MqttConfig {
     /// QoS 1/2 publishes a client may have unacknowledged at once (MQTT 5 Receive Maximum).
     /// Reading from a client pauses while this many are waiting for the store.
     pub receive_maximum: u16,
-    /// Deliveries queued per connected session; when full, further deliveries to that
-    /// session are dropped and counted.
+    /// Deliveries queued per session, connected or not; what does not fit is dropped as
+    /// `session_queue_full` says, and counted.
     pub session_queue: usize,
     /// Bytes (topic + payload) queued per session at most, connected or not; deliveries
     /// beyond it are dropped and counted like those beyond `session_queue`.
     pub session_queue_bytes: usize,
+    /// What a full session queue drops: `drop_newest` (the new delivery; what is queued
+    /// arrives) or `drop_oldest` (the oldest queued deliveries, also from the session
+    /// store; the newest arrive).
+    pub session_queue_full: crate::router::QueueFullPolicy,
     /// Longest keep-alive granted; clients asking for more (or for none, in MQTT 5) are told
     /// this value as Server Keep Alive.
     #[serde(with = "humantime_serde")]
@@ -108,6 +112,7 @@ impl Default for MqttConfig {
             receive_maximum: 1024,
             session_queue: 1000,
             session_queue_bytes: 4 << 20,
+            session_queue_full: crate::router::QueueFullPolicy::DropNewest,
             max_keep_alive: Duration::from_secs(3600),
             max_session_expiry: Duration::from_secs(2 * 3600),
             max_parked_sessions: 100_000,

@@ -419,6 +419,7 @@ async fn accept<S: AsyncWrite + Unpin>(
             let (tx, out_rx) = SessionQueue::new(
                 shared.config.session_queue,
                 shared.config.session_queue_bytes,
+                shared.config.session_queue_full,
             );
             let handle = shared.router.register_session(Arc::clone(&client_id), tx);
             (handle, out_rx, HashMap::new(), HashSet::new(), 1, 0)

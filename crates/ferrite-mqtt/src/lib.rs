@@ -32,7 +32,9 @@ use std::net::SocketAddr;
 pub use auth::{AnonymousLoopback, Authenticator, ConnectRequest, SessionGuard, Unrestricted};
 pub use config::{ClientAuth, MqttConfig, TlsConfig};
 pub use persist::{PersistError, PersistStats};
-pub use router::{Delivery, InternalSubscription, Message, PublishOutcome, Router, Verdict};
+pub use router::{
+    Delivery, InternalSubscription, Message, PublishOutcome, QueueFullPolicy, Router, Verdict,
+};
 pub use server::{MqttHandle, MqttServer, MqttStats};
 
 /// Errors starting the gateway.

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -83,85 +83,179 @@ impl Outgoing {
     }
 }
 
-/// The bytes queued for one session: the router charges each delivery before queueing it,
-/// the session releases it when it takes the delivery off its queue.
-pub(crate) struct QueueBudget {
-    queued: AtomicUsize,
-    max: usize,
-}
-
-impl QueueBudget {
-    fn try_charge(&self, n: usize) -> bool {
-        self.queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q + n <= self.max || q == 0).then_some(q + n)
-            })
-            .is_ok()
-    }
-
-    fn release(&self, n: usize) {
-        let _ = self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                Some(q.saturating_sub(n))
-            });
-    }
+/// What a session's queue does with a delivery that does not fit (`mqtt.session_queue_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// Keep what is queued and drop the new delivery (the oldest messages arrive).
+    #[default]
+    DropNewest,
+    /// Drop the oldest queued deliveries to make room (the newest messages arrive).
+    DropOldest,
 }
 
 /// A session's delivery queue: at most `session_queue` deliveries and `session_queue_bytes`
-/// bytes of topic and payload (one delivery larger than that still fits an empty queue).
+/// bytes of topic and payload (one delivery larger than that still fits an empty queue);
+/// what does not fit is dropped as the session's [`QueueFullPolicy`] says.
+///
+/// A mutex around a `VecDeque` (no allocation while empty, which idle sessions mostly are)
+/// and a `Notify` that wakes the connection task.
 pub(crate) struct SessionQueue {
-    rx: mpsc::Receiver<Box<Outgoing>>,
-    budget: Arc<QueueBudget>,
+    shared: Arc<QueueShared>,
+}
+
+struct QueueShared {
+    state: std::sync::Mutex<QueueState>,
+    ready: tokio::sync::Notify,
+    capacity: usize,
+    max_bytes: usize,
+    policy: QueueFullPolicy,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: std::collections::VecDeque<Box<Outgoing>>,
+    /// Topic and payload bytes of `items`.
+    bytes: usize,
+    /// The receiving side is gone.
+    closed: bool,
+}
+
+impl QueueShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl SessionQueue {
     /// A queue and its sending side (handed to [`Router::register_session`]).
-    pub(crate) fn new(capacity: usize, max_bytes: usize) -> (SessionSender, Self) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let budget = Arc::new(QueueBudget {
-            queued: AtomicUsize::new(0),
-            max: max_bytes,
+    pub(crate) fn new(
+        capacity: usize,
+        max_bytes: usize,
+        policy: QueueFullPolicy,
+    ) -> (SessionSender, Self) {
+        let shared = Arc::new(QueueShared {
+            state: std::sync::Mutex::default(),
+            ready: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+            max_bytes,
+            policy,
         });
         (
             SessionSender {
-                tx,
-                budget: Arc::clone(&budget),
+                shared: Arc::clone(&shared),
             },
-            Self { rx, budget },
+            Self { shared },
         )
     }
 
-    /// The next delivery, released from the byte budget. Cancel-safe.
+    /// The next delivery. Cancel-safe: a delivery is taken off the queue only when it is
+    /// returned.
     pub(crate) async fn recv(&mut self) -> Option<Box<Outgoing>> {
-        let out = self.rx.recv().await?;
-        self.budget.release(out.queued_size());
-        Some(out)
+        loop {
+            {
+                let mut state = self.shared.lock();
+                if let Some(out) = state.items.pop_front() {
+                    state.bytes = state.bytes.saturating_sub(out.queued_size());
+                    if state.items.is_empty() && state.items.capacity() > QUEUE_KEEP {
+                        state.items = std::collections::VecDeque::new();
+                    }
+                    return Some(out);
+                }
+            }
+            // A permit stored by a send that came after the check above wakes this at once.
+            self.shared.ready.notified().await;
+        }
     }
 
     /// Deliveries queued.
     pub(crate) fn len(&self) -> usize {
-        self.rx.len()
+        self.shared.lock().items.len()
     }
+}
+
+impl Drop for SessionQueue {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+    }
+}
+
+/// Queue slots an emptied queue keeps allocated; a larger backlog's memory is given back.
+const QUEUE_KEEP: usize = 16;
+
+/// Why a delivery was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `session_queue` deliveries are queued (drop-newest policy).
+    Full,
+    /// The delivery's bytes do not fit `session_queue_bytes` (drop-newest policy).
+    Bytes,
+    /// The session is going away.
+    Closed,
+}
+
+/// A queued delivery, and the older ones dropped to make room for it (drop-oldest policy),
+/// each with whether the count (else the bytes) limit pushed it out.
+pub(crate) struct Queued {
+    pub(crate) evicted: Vec<(Box<Outgoing>, bool)>,
 }
 
 /// The router's side of a [`SessionQueue`].
 #[derive(Clone)]
 pub(crate) struct SessionSender {
-    tx: mpsc::Sender<Box<Outgoing>>,
-    budget: Arc<QueueBudget>,
+    shared: Arc<QueueShared>,
 }
 
 impl SessionSender {
-    /// Queue `out` without waiting, counted against the budget; false if the queue is full.
-    pub(crate) fn try_send(&self, out: Outgoing) -> bool {
+    /// Queue `out` if its session's limits and policy let it in; `before` runs on it just
+    /// before it becomes visible to the session (to store it first, so the session's
+    /// completion of it is always written after it).
+    pub(crate) fn offer(
+        &self,
+        mut out: Outgoing,
+        before: impl FnOnce(&mut Outgoing),
+    ) -> Result<Queued, Refused> {
+        let q = &self.shared;
         let size = out.queued_size();
-        self.budget.queued.fetch_add(size, Ordering::AcqRel);
-        if self.tx.try_send(Box::new(out)).is_err() {
-            self.budget.release(size);
-            return false;
+        let mut state = q.lock();
+        if state.closed {
+            return Err(Refused::Closed);
         }
-        true
+        let mut evicted = Vec::new();
+        let over_count = |s: &QueueState| s.items.len() >= q.capacity;
+        let over_bytes = |s: &QueueState| s.bytes > 0 && s.bytes + size > q.max_bytes;
+        match q.policy {
+            QueueFullPolicy::DropNewest if over_count(&state) => return Err(Refused::Full),
+            QueueFullPolicy::DropNewest if over_bytes(&state) => return Err(Refused::Bytes),
+            QueueFullPolicy::DropNewest => {}
+            QueueFullPolicy::DropOldest => {
+                while over_count(&state) || over_bytes(&state) {
+                    let by_count = over_count(&state);
+                    let Some(old) = state.items.pop_front() else {
+                        break;
+                    };
+                    state.bytes = state.bytes.saturating_sub(old.queued_size());
+                    evicted.push((old, by_count));
+                }
+            }
+        }
+        before(&mut out);
+        state.bytes += size;
+        state.items.push_back(Box::new(out));
+        drop(state);
+        q.ready.notify_one();
+        Ok(Queued { evicted })
+    }
+
+    /// Queue `out` (already stored, if it is kept); false if it did not fit.
+    pub(crate) fn try_send(&self, out: Outgoing) -> bool {
+        self.offer(out, |_| {}).is_ok()
+    }
+
+    /// Whether a delivery would be queued without dropping anything.
+    fn has_room(&self) -> bool {
+        let state = self.shared.lock();
+        !state.closed && state.items.len() < self.shared.capacity
     }
 }
 
@@ -209,8 +303,6 @@ pub struct PublishOutcome {
 
 enum Sink {
     Session {
-        /// Boxed, so the queue's first block (allocated with the channel) stays small for
-        /// the many sessions that are mostly idle.
         tx: SessionSender,
         client_id: Arc<str>,
         /// Set for a persistent session: its QoS 1/2 deliveries are stored before the
@@ -550,42 +642,46 @@ impl Router {
             let n = members.len();
             let pick = (0..n)
                 .map(|i| (start + i) % n)
-                .find(|&i| members[i].tx.tx.capacity() > 0)
+                .find(|&i| members[i].tx.has_room())
                 .unwrap_or(start % n);
             deliveries.push(members.swap_remove(pick));
         }
-        for SessionDelivery {
-            tx,
-            durable,
-            mut out,
-        } in deliveries
-        {
+        for SessionDelivery { tx, durable, out } in deliveries {
             // A place in the queue first, so nothing is stored that is then dropped; stored
             // before it is queued, so the client's completion is written after it.
-            let size = out.queued_size();
-            if !tx.budget.try_charge(size) {
-                self.stats
-                    .dropped_queue_bytes
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            match tx.tx.try_reserve() {
-                Ok(permit) => {
-                    if let Some(durable) = durable.filter(|_| out.qos != QoS::AtMostOnce) {
-                        commits.extend(durable.put_message(&mut out));
-                    }
-                    permit.send(Box::new(out));
+            let store = durable.as_ref().filter(|_| out.qos != QoS::AtMostOnce);
+            let offered = tx.offer(out, |out| {
+                if let Some(durable) = store {
+                    commits.extend(durable.put_message(out));
+                }
+            });
+            match offered {
+                Ok(Queued { evicted }) => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tx.budget.release(size);
-                    // Closed: the session is going away; its cleanup unsubscribes it.
-                    if matches!(e, mpsc::error::TrySendError::Full(())) {
-                        self.stats
-                            .dropped_queue_full
-                            .fetch_add(1, Ordering::Relaxed);
+                    for (old, by_count) in evicted {
+                        if let (Some(durable), Some(seq)) = (&durable, old.store_seq) {
+                            durable.delete_message(seq);
+                        }
+                        let counter = if by_count {
+                            &self.stats.dropped_queue_full
+                        } else {
+                            &self.stats.dropped_queue_bytes
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Err(Refused::Full) => {
+                    self.stats
+                        .dropped_queue_full
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Refused::Bytes) => {
+                    self.stats
+                        .dropped_queue_bytes
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                // The session is going away; its cleanup unsubscribes it.
+                Err(Refused::Closed) => {}
             }
         }
         let mut verdicts = Vec::new();

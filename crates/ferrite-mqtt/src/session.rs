@@ -179,6 +179,7 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
         let (tx, out_rx) = SessionQueue::new(
             shared.config.session_queue.max(queued),
             shared.config.session_queue_bytes,
+            shared.config.session_queue_full,
         );
         let mut handle = shared
             .router
@@ -262,7 +263,10 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
                 () = tokio::time::sleep(delay) => {}
                 () = shared.shutdown.cancelled() => return,
             }
-            if let Some(will) = shared.sessions.take_orphan_will(&client_id, Some(generation)) {
+            if let Some(will) = shared
+                .sessions
+                .take_orphan_will(&client_id, Some(generation))
+            {
                 send_will(&shared, &client_id, will).await;
             }
         });

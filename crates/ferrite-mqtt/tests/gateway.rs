@@ -1013,9 +1013,16 @@ async fn wills_owed_at_a_restart_are_published_after_it_unless_the_client_return
     let (server, shutdown) = start(router.clone()).await;
     let addr = server.local_addr();
     let stats = server.stats();
-    assert_eq!(stats.sessions_restored.load(std::sync::atomic::Ordering::Relaxed), 2);
     assert_eq!(
-        stats.wills_restored.load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .sessions_restored
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert_eq!(
+        stats
+            .wills_restored
+            .load(std::sync::atomic::Ordering::Relaxed),
         1,
         "the clean session's will"
     );
@@ -1051,7 +1058,13 @@ async fn wills_owed_at_a_restart_are_published_after_it_unless_the_client_return
 
     // Published or dropped, none of them is owed any more.
     let (server, shutdown) = start(Router::durable(100, &path).unwrap()).await;
-    assert_eq!(server.stats().wills_restored.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        server
+            .stats()
+            .wills_restored
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     let mut watcher = Raw::connect(server.local_addr(), ProtocolVersion::V5).await;
     watcher.subscribe("wills/#").await;
     for _ in 0..2 {
@@ -1135,5 +1148,64 @@ async fn a_session_queue_holds_at_most_its_bytes() {
     // Taken off the queue, the bytes are free again: a new message is queued and delivered.
     publisher.publish_acked("b/1", 9, b"after").await;
     assert_eq!(sub.expect_publish().await.payload, &b"after"[..]);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_full_queue_with_drop_oldest_keeps_the_newest_also_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.redb");
+    let config = MqttConfig {
+        session_queue: 3,
+        session_queue_full: ferrite_mqtt::QueueFullPolicy::DropOldest,
+        ..MqttConfig::default()
+    };
+    let router = Router::durable(100, &path).unwrap();
+    let (server, shutdown) = start_config(config.clone(), router.clone()).await;
+    let addr = server.local_addr();
+    let (mut sub, _) = Raw::open(addr, persistent(ProtocolVersion::V5, "newest", 300)).await;
+    sub.send(&subscribe_qos("n/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+    sub.disconnect().await;
+    let mut publisher = Raw::connect(addr, ProtocolVersion::V5).await;
+    let payloads: [&'static [u8]; 5] = [b"1", b"2", b"3", b"4", b"5"];
+    for (i, p) in payloads.into_iter().enumerate() {
+        assert_eq!(
+            publisher.publish_acked("n/1", 1 + i as u16, p).await,
+            ReasonCode::SUCCESS
+        );
+    }
+    assert_eq!(
+        router
+            .stats()
+            .dropped_queue_full
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "the two oldest were dropped"
+    );
+    shutdown.cancel();
+    server.wait().await;
+    drop(publisher);
+    router.close_store().await;
+    drop(server);
+
+    // The dropped ones are gone from the session store too: the newest three come back.
+    let (server, shutdown) = start_config(config, Router::durable(100, &path).unwrap()).await;
+    let (mut sub, ack) = Raw::open(
+        server.local_addr(),
+        persistent(ProtocolVersion::V5, "newest", 300),
+    )
+    .await;
+    assert!(ack.session_present);
+    for expected in &payloads[2..] {
+        let p = sub.expect_publish().await;
+        assert_eq!(&p.payload[..], *expected);
+        sub.send(&Packet::PubAck(ferrite_mqtt_codec::PubAck::new(
+            p.packet_id.unwrap(),
+        )))
+        .await;
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(quiet.is_err(), "nothing else queued: {quiet:?}");
     shutdown.cancel();
 }
