@@ -151,7 +151,7 @@ pub(crate) async fn serve<S>(
     let exit = session
         .run(&mut stream, &mut rbuf, &mut decoder, &shared)
         .await;
-    Box::pin(session.finish(&mut stream, exit, version, &shared)).await;
+    Box::pin((*session).finish(&mut stream, exit, version, &shared)).await;
 }
 
 enum ConnectFailure {
@@ -223,7 +223,7 @@ async fn accept<S: AsyncWrite + Unpin>(
     peer: SocketAddr,
     client_cert: Option<&[u8]>,
     shared: &Arc<Shared>,
-) -> Option<Session> {
+) -> Option<Box<Session>> {
     let version = connect.protocol;
     // MQTT 3.1.1 allows an empty client id only with a clean session; we cap its length.
     let empty_id_refused =
@@ -438,7 +438,9 @@ async fn accept<S: AsyncWrite + Unpin>(
         .receive_maximum
         .unwrap_or(u16::MAX)
         .max(1);
-    Some(Session {
+    // Boxed: the connection's future would otherwise hold it twice (as `accept`'s answer
+    // and as the running session) for as long as the connection lives.
+    Some(Box::new(Session {
         version,
         client_id,
         conn_id,
@@ -462,9 +464,9 @@ async fn accept<S: AsyncWrite + Unpin>(
         aliases: HashMap::new(),
         revoked: guard.revoked(),
         guard,
-        will,
+        will: will.map(Box::new),
         wbuf: BytesMut::new(),
-    })
+    }))
 }
 
 struct Session {
@@ -505,7 +507,8 @@ struct Session {
     client_max_packet: Option<u32>,
     /// MQTT 5 topic aliases the client set when publishing.
     aliases: HashMap<u16, TopicName>,
-    will: Option<(TopicName, ferrite_mqtt_codec::Will)>,
+    /// Boxed: most connections have none, and every idle connection carries this struct.
+    will: Option<Box<(TopicName, ferrite_mqtt_codec::Will)>>,
     /// What this connection may do; checked on every publish and subscribe.
     guard: Arc<dyn SessionGuard>,
     /// The guard's revocation signal, polled by the session loop.
@@ -1217,7 +1220,7 @@ impl Session {
         tracing::debug!(client_id = %self.client_id, peer = %self.peer, ?exit, "client disconnected");
         self.guard.disconnected(self.conn_id, exit.describe());
         if publish_will
-            && let Some((topic, _)) = &self.will
+            && let Some((topic, _)) = self.will.as_deref()
             && !self.guard.may_publish(topic.as_str())
         {
             shared
@@ -1227,7 +1230,7 @@ impl Session {
             tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), topic = %topic, "will not authorized; dropped");
             self.will = None;
         }
-        let will = match self.will.take() {
+        let will = match self.will.take().map(|w| *w) {
             Some((topic, will)) if publish_will => Some(PendingWill {
                 conn_id: self.conn_id,
                 message: will_message(topic, will, &self.client_id, shared),
@@ -1422,4 +1425,17 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+#[cfg(test)]
+pub(crate) fn sizes() -> [(&'static str, usize); 6] {
+    use std::mem::size_of;
+    [
+        ("Session", size_of::<Session>()),
+        ("Properties", size_of::<Properties>()),
+        ("Will", size_of::<ferrite_mqtt_codec::Will>()),
+        ("SessionHandle", size_of::<SessionHandle>()),
+        ("Decoder", size_of::<Decoder>()),
+        ("FuturesOrdered", size_of::<FuturesOrdered<AckFuture>>()),
+    ]
 }

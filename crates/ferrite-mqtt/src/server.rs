@@ -372,3 +372,43 @@ async fn accept_loop(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Every connection's task holds its `serve` future for as long as the connection
+    /// lives, so its size is paid per idle connection: the connect and close stages and the
+    /// session are boxed to keep it to the session loop's state.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let shared = Arc::new(Shared {
+            router: Router::new(10),
+            config: MqttConfig::default(),
+            auth: Arc::new(crate::AnonymousLoopback {
+                allow_remote: false,
+            }),
+            clock: Arc::new(ferrite_core::SystemClock),
+            shutdown: CancellationToken::new(),
+            stats: Arc::default(),
+            clients: Mutex::default(),
+            sessions: crate::session::Sessions::default(),
+            next_connection: AtomicU64::new(1),
+            tls: None,
+        });
+        let task = crate::connection::serve(stream, peer, None, shared);
+        let size = std::mem::size_of_val(&task);
+        let parts = crate::connection::sizes();
+        println!("connection task future: {size} bytes; {parts:?}");
+        // Measured in the test (debug) profile: 2,072 bytes, of which the session loop's
+        // state is most; the session itself (boxed) is on the heap once.
+        assert!(size <= 2600, "the connection future takes {size} bytes");
+        assert!(parts[0].1 <= 800, "a session takes {} bytes", parts[0].1);
+    }
+}
