@@ -105,41 +105,13 @@ pub(crate) async fn serve<S>(
 {
     let mut rbuf = BytesMut::with_capacity(RBUF_MIN);
     let mut decoder = Decoder::new(shared.config.max_packet_size);
-    let connect = tokio::select! {
-        r = tokio::time::timeout(shared.config.connect_timeout, read_connect(&mut stream, &mut rbuf, &mut decoder)) => r,
-        () = shared.shutdown.cancelled() => return,
-    };
-    let connect = match connect {
-        Ok(Ok(c)) => c,
-        Ok(Err(ConnectFailure::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
-            tracing::debug!(%peer, level, "unsupported MQTT protocol level");
-            // The 3.1.1 CONNACK layout is what older clients understand (return code 1).
-            refuse(
-                &mut stream,
-                &shared,
-                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-                ProtocolVersion::V311,
-            )
-            .await;
-            return;
-        }
-        Ok(Err(ConnectFailure::Decode(e))) => {
-            tracing::debug!(%peer, error = %e, "malformed CONNECT");
-            shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        Ok(Err(ConnectFailure::Io)) => return,
-        Err(_elapsed) => {
-            tracing::debug!(%peer, "no CONNECT within connect_timeout");
-            return;
-        }
-    };
-    let version = connect.protocol;
-    // The connect and close stages are boxed: their futures (takeover waits, will publishes)
-    // are large and short-lived, and an idle connection should not carry their space.
-    let accepted = Box::pin(accept(
+    // The connect and close stages are boxed, and the CONNECT they work from never lives
+    // in this function: their futures (takeover waits, will publishes) and that packet are
+    // large and short-lived, and every idle connection's task would carry their space.
+    let accepted = Box::pin(handshake(
         &mut stream,
-        connect,
+        &mut rbuf,
+        &mut decoder,
         peer,
         client_cert.as_deref(),
         &shared,
@@ -148,10 +120,70 @@ pub(crate) async fn serve<S>(
     let Some(mut session) = accepted else {
         return;
     };
+    let version = session.version;
     let exit = session
         .run(&mut stream, &mut rbuf, &mut decoder, &shared)
         .await;
     Box::pin((*session).finish(&mut stream, exit, version, &shared)).await;
+}
+
+/// The client's CONNECT, then CONNACK: the session to run, if the connection goes on.
+async fn handshake<S>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    peer: SocketAddr,
+    client_cert: Option<&[u8]>,
+    shared: &Arc<Shared>,
+) -> Option<Box<Session>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let connect = read_first_connect(stream, rbuf, decoder, peer, shared).await?;
+    accept(stream, connect, peer, client_cert, shared).await
+}
+
+/// Wait for the client's CONNECT (within `connect_timeout`); `None` when there is none to
+/// go on with (refused, malformed, timed out, gone, shutting down).
+async fn read_first_connect<S>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Option<Connect>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let connect = tokio::select! {
+        r = tokio::time::timeout(shared.config.connect_timeout, read_connect(stream, rbuf, decoder)) => r,
+        () = shared.shutdown.cancelled() => return None,
+    };
+    match connect {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(ConnectFailure::Decode(DecodeError::UnsupportedProtocolVersion(level)))) => {
+            tracing::debug!(%peer, level, "unsupported MQTT protocol level");
+            // The 3.1.1 CONNACK layout is what older clients understand (return code 1).
+            refuse(
+                stream,
+                shared,
+                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                ProtocolVersion::V311,
+            )
+            .await;
+            None
+        }
+        Ok(Err(ConnectFailure::Decode(e))) => {
+            tracing::debug!(%peer, error = %e, "malformed CONNECT");
+            shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Ok(Err(ConnectFailure::Io)) => None,
+        Err(_elapsed) => {
+            tracing::debug!(%peer, "no CONNECT within connect_timeout");
+            None
+        }
+    }
 }
 
 enum ConnectFailure {
@@ -1435,7 +1467,7 @@ pub(crate) fn sizes() -> [(&'static str, usize); 6] {
         ("Properties", size_of::<Properties>()),
         ("Will", size_of::<ferrite_mqtt_codec::Will>()),
         ("SessionHandle", size_of::<SessionHandle>()),
-        ("Decoder", size_of::<Decoder>()),
+        ("Packet", size_of::<Packet>()),
         ("FuturesOrdered", size_of::<FuturesOrdered<AckFuture>>()),
     ]
 }
