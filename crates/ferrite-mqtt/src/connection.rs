@@ -39,7 +39,7 @@ const MAX_CLIENT_ID_LEN: usize = 256;
 /// Read buffer of a quiet connection; it doubles while reads fill it, up to [`RBUF_MAX`], and
 /// shrinks back when they stop, so an idle connection holds little memory and a busy one
 /// reads in large chunks.
-const RBUF_MIN: usize = 256;
+const RBUF_MIN: usize = 128;
 const RBUF_MAX: usize = 64 << 10;
 /// A write buffer larger than this is released once written, not kept for the next write.
 const WBUF_KEEP: usize = 1024;

@@ -372,6 +372,7 @@ pub(crate) struct RecoveredWill {
 }
 
 /// What the store held when it was opened.
+#[derive(Default)]
 pub(crate) struct Recovered {
     pub(crate) retained: Vec<Message>,
     pub(crate) sessions: Vec<RecoveredSession>,

@@ -340,21 +340,26 @@ pub struct RouterStats {
     pub retained_refused: AtomicU64,
 }
 
-/// The router. Cheap to clone; all clones share state.
+/// The router. Cheap to clone (one `Arc`, also held by every session's handle); all clones
+/// share state.
 #[derive(Clone)]
 pub struct Router {
-    state: Arc<RwLock<State>>,
+    inner: Arc<RouterInner>,
+}
+
+struct RouterInner {
+    state: RwLock<State>,
     /// Where retained messages and persistent sessions are kept; `None`: in memory only.
     store: Option<SessionStore>,
     /// Persistent sessions read back at start, until the gateway takes them.
-    recovered: Arc<Mutex<Vec<RecoveredSession>>>,
+    recovered: Mutex<Vec<RecoveredSession>>,
     /// Wills still owed at start, until the gateway takes them.
-    recovered_wills: Arc<Mutex<Vec<RecoveredWill>>>,
-    next_id: Arc<AtomicU64>,
-    stats: Arc<RouterStats>,
+    recovered_wills: Mutex<Vec<RecoveredWill>>,
+    next_id: AtomicU64,
+    stats: RouterStats,
     max_retained: usize,
     /// Picks the member of a shared subscription group that gets the next message.
-    round_robin: Arc<AtomicU64>,
+    round_robin: AtomicU64,
 }
 
 /// A client session's registration with the router; unsubscribes everything when dropped.
@@ -374,15 +379,36 @@ pub struct SessionHandle {
 impl Router {
     /// An empty router keeping at most `max_retained` retained messages, in memory only.
     pub fn new(max_retained: usize) -> Self {
+        Self::with_store(max_retained, None, persist::Recovered::default())
+    }
+
+    fn with_store(
+        max_retained: usize,
+        store: Option<SessionStore>,
+        recovered: persist::Recovered,
+    ) -> Self {
+        let stats = RouterStats::default();
+        let mut state = State::default();
+        for message in recovered.retained {
+            if state.retained.len() < max_retained {
+                state
+                    .retained
+                    .insert(message.topic.clone(), Arc::new(message));
+            } else {
+                stats.retained_refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         Self {
-            state: Arc::default(),
-            store: None,
-            recovered: Arc::default(),
-            recovered_wills: Arc::default(),
-            next_id: Arc::new(AtomicU64::new(1)),
-            stats: Arc::default(),
-            max_retained,
-            round_robin: Arc::default(),
+            inner: Arc::new(RouterInner {
+                state: RwLock::new(state),
+                store,
+                recovered: Mutex::new(recovered.sessions),
+                recovered_wills: Mutex::new(recovered.wills),
+                next_id: AtomicU64::new(1),
+                stats,
+                max_retained,
+                round_robin: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -392,44 +418,27 @@ impl Router {
     /// router. Damaged records are skipped and counted ([`Router::persist_stats`]).
     pub fn durable(max_retained: usize, path: &Path) -> Result<Self, PersistError> {
         let (store, recovered) = persist::open(path)?;
-        let mut router = Self::new(max_retained);
-        {
-            let mut state = router.write();
-            for message in recovered.retained {
-                if state.retained.len() < max_retained {
-                    state
-                        .retained
-                        .insert(message.topic.clone(), Arc::new(message));
-                } else {
-                    router
-                        .stats
-                        .retained_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        let (sessions, wills) = (recovered.sessions.len(), recovered.wills.len());
+        let router = Self::with_store(max_retained, Some(store), recovered);
         tracing::info!(
             retained = router.retained_count(),
-            sessions = recovered.sessions.len(),
-            wills = recovered.wills.len(),
+            sessions,
+            wills,
             path = %path.display(),
             "MQTT session store opened"
         );
-        router.recovered = Arc::new(Mutex::new(recovered.sessions));
-        router.recovered_wills = Arc::new(Mutex::new(recovered.wills));
-        router.store = Some(store);
         Ok(router)
     }
 
     /// Counters of the session store; `None` for an in-memory router.
     pub fn persist_stats(&self) -> Option<&Arc<PersistStats>> {
-        self.store.as_ref().map(SessionStore::stats)
+        self.inner.store.as_ref().map(SessionStore::stats)
     }
 
     /// Commit what was written to the session store and close it (at shutdown, after the
     /// gateway stopped). Nothing to do for an in-memory router.
     pub async fn close_store(&self) {
-        if let Some(store) = &self.store
+        if let Some(store) = &self.inner.store
             && let Err(e) = store.close().wait().await
         {
             tracing::error!(error = %e, "MQTT session store did not close cleanly");
@@ -440,6 +449,7 @@ impl Router {
     pub(crate) fn take_recovered(&self) -> Vec<RecoveredSession> {
         std::mem::take(
             &mut *self
+                .inner
                 .recovered
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
@@ -450,6 +460,7 @@ impl Router {
     pub(crate) fn take_recovered_wills(&self) -> Vec<RecoveredWill> {
         std::mem::take(
             &mut *self
+                .inner
                 .recovered_wills
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
@@ -459,25 +470,31 @@ impl Router {
     /// The session store, for what the gateway keeps outside sessions (wills); `None` for
     /// an in-memory router.
     pub(crate) fn session_store(&self) -> Option<&SessionStore> {
-        self.store.as_ref()
+        self.inner.store.as_ref()
     }
 
     /// Counters.
     pub fn stats(&self) -> &RouterStats {
-        &self.stats
+        &self.inner.stats
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Register a client session whose deliveries go to `tx`.
     pub(crate) fn register_session(&self, client_id: Arc<str>, tx: SessionSender) -> SessionHandle {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         self.write().sinks.insert(
             id,
             Sink::Session {
@@ -534,7 +551,7 @@ impl Router {
         durable: bool,
     ) -> (SubscriberId, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut state = self.write();
         state.sinks.insert(id, Sink::Internal { tx, durable });
         let opts = SubscribeOptions {
@@ -552,7 +569,7 @@ impl Router {
     /// Route one message: store or clear it as retained if flagged, deliver it to every
     /// matching subscriber, and wait for the verdicts of durable internal consumers.
     pub async fn publish(&self, message: Message) -> PublishOutcome {
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.published.fetch_add(1, Ordering::Relaxed);
         let message = Arc::new(message);
         let mut sessions: HashMap<SubscriberId, SessionDelivery> = HashMap::new();
         let mut internal: Vec<(mpsc::Sender<Delivery>, bool)> = Vec::new();
@@ -563,21 +580,24 @@ impl Router {
             let mut state = self.write();
             if message.payload.is_empty() {
                 if state.retained.remove(&message.topic).is_some()
-                    && let Some(store) = &self.store
+                    && let Some(store) = &self.inner.store
                 {
                     commits.push(store.clear_retained(&message.topic));
                 }
-            } else if state.retained.len() < self.max_retained
+            } else if state.retained.len() < self.inner.max_retained
                 || state.retained.contains_key(&message.topic)
             {
                 state
                     .retained
                     .insert(message.topic.clone(), Arc::clone(&message));
-                if let Some(store) = &self.store {
+                if let Some(store) = &self.inner.store {
                     commits.push(store.put_retained(&message));
                 }
             } else {
-                self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .retained_refused
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         {
@@ -638,7 +658,7 @@ impl Router {
         let mut deliveries: Vec<_> = sessions.into_values().collect();
         for (_, mut members) in groups {
             // One member per group, in turn; skip members whose queue is full.
-            let start = self.round_robin.fetch_add(1, Ordering::Relaxed) as usize;
+            let start = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) as usize;
             let n = members.len();
             let pick = (0..n)
                 .map(|i| (start + i) % n)
@@ -657,26 +677,28 @@ impl Router {
             });
             match offered {
                 Ok(Queued { evicted }) => {
-                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.inner.stats.delivered.fetch_add(1, Ordering::Relaxed);
                     for (old, by_count) in evicted {
                         if let (Some(durable), Some(seq)) = (&durable, old.store_seq) {
                             durable.delete_message(seq);
                         }
                         let counter = if by_count {
-                            &self.stats.dropped_queue_full
+                            &self.inner.stats.dropped_queue_full
                         } else {
-                            &self.stats.dropped_queue_bytes
+                            &self.inner.stats.dropped_queue_bytes
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Err(Refused::Full) => {
-                    self.stats
+                    self.inner
+                        .stats
                         .dropped_queue_full
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 Err(Refused::Bytes) => {
-                    self.stats
+                    self.inner
+                        .stats
                         .dropped_queue_bytes
                         .fetch_add(1, Ordering::Relaxed);
                 }
@@ -800,7 +822,7 @@ impl SessionHandle {
             client_id: Arc::clone(client_id),
             durable: durable.clone(),
         };
-        let id = self.router.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.router.inner.next_id.fetch_add(1, Ordering::Relaxed);
         state.sinks.insert(id, sink);
         state.shares.insert(id, format!("{share}/{filter}").into());
         state.tree.insert(filter, id, options);
@@ -879,7 +901,7 @@ impl SessionHandle {
         expiry: std::time::Duration,
         next_seq: u64,
     ) -> Option<Commit> {
-        let store = self.router.store.clone()?;
+        let store = self.router.inner.store.clone()?;
         if let Some(durable) = &self.durable {
             durable.set_expiry(expiry);
             return Some(durable.put_meta(self.subscriptions()));
@@ -899,7 +921,7 @@ impl SessionHandle {
         expiry: std::time::Duration,
         next_seq: u64,
     ) {
-        let Some(store) = self.router.store.clone() else {
+        let Some(store) = self.router.inner.store.clone() else {
             return;
         };
         let durable = Arc::new(Durable::new(Arc::clone(client_id), store, next_seq, expiry));
