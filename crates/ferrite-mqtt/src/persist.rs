@@ -123,9 +123,9 @@ pub(crate) struct SessionStore {
     /// publisher) waits for its commits, and receive maximums cap how many it has open.
     tx: mpsc::UnboundedSender<Job>,
     stats: Arc<PersistStats>,
-    /// Client ids that may have a will stored, so a connection without one deletes nothing
-    /// (and costs the store nothing) in the common case.
-    wills: Arc<std::sync::Mutex<std::collections::HashSet<Arc<str>>>>,
+    /// The stored wills: client id → the connection that stored it. A connection without a
+    /// will, or whose will a newer connection replaced, then costs the store nothing.
+    wills: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>>,
 }
 
 impl SessionStore {
@@ -179,28 +179,27 @@ impl SessionStore {
         body.put_u64_le(conn_id);
         body.put_u32_le(u32::try_from(delay.as_secs()).unwrap_or(u32::MAX));
         body.put_slice(&inner);
-        self.lock_wills().insert(Arc::clone(client));
+        self.lock_wills().insert(Arc::clone(client), conn_id);
         self.submit_wait(Op::PutWill(Arc::clone(client), seal(&body)))
     }
 
     /// The will connection `conn_id` of `client` stored is no longer owed (published, or
     /// dropped); `None` deletes the client's will whoever stored it.
     pub(crate) fn delete_will(&self, client: &Arc<str>, conn_id: Option<u64>) {
-        let known = {
+        let stored = {
             let mut wills = self.lock_wills();
-            // Forgotten here only when deleted whatever connection stored it.
-            if conn_id.is_none() {
-                wills.remove(client)
-            } else {
-                wills.contains(client)
+            match (wills.get(client), conn_id) {
+                (Some(by), Some(conn)) if *by != conn => false,
+                (Some(_), _) => wills.remove(client).is_some(),
+                (None, _) => false,
             }
         };
-        if known {
+        if stored {
             self.submit(Op::DeleteWill(Arc::clone(client), conn_id), false);
         }
     }
 
-    fn lock_wills(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Arc<str>>> {
+    fn lock_wills(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, u64>> {
         self.wills
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -403,7 +402,7 @@ pub(crate) fn open(path: &Path) -> Result<(SessionStore, Recovered), PersistErro
     let wills = recovered
         .wills
         .iter()
-        .map(|w| Arc::clone(&w.client_id))
+        .map(|w| (Arc::clone(&w.client_id), w.conn_id))
         .collect();
     let store = SessionStore {
         tx,

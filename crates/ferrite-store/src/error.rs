@@ -50,6 +50,16 @@ pub enum StoreError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The table is a rollup the store maintains; nothing of the write was stored.
+    #[error(
+        "table {table} is a rollup of {source_table}, maintained by the store: it cannot be written"
+    )]
+    Derived {
+        /// The rollup table written to.
+        table: String,
+        /// The table it summarises.
+        source_table: String,
+    },
     /// A WAL record could not be encoded (a bug).
     #[error("encoding a WAL record: {0}")]
     Encode(String),
@@ -69,6 +79,7 @@ impl Classify for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Rejected(e) => e.kind(),
+            StoreError::Derived { .. } => ErrorKind::InvalidInput,
             StoreError::ShuttingDown
             | StoreError::Full { .. }
             | StoreError::OverBudget { .. }

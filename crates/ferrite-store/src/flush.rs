@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::{DataFile, FileMeta, file_path};
 use crate::error::StoreError;
-use crate::memtable::{RowRef, Table, build_batches, partition_of};
+use crate::memtable::{RowRef, SeriesKey, Table, build_batches, partition_of};
 use crate::{FlushGate, Frozen, Job, Shared, files, wal};
 
 /// Frozen memtables to flush and who waits for them.
@@ -129,10 +129,15 @@ fn flush(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
         }
         Ok::<_, StoreError>(())
     })();
-    if let Err(e) = result {
-        remove_files(written.iter().map(|(_, f)| f.path.clone()));
-        return Err(e);
-    }
+    // Rollup rows, written in the same catalog commit as the rows they summarise.
+    let rollups = result.and_then(|()| write_rollups(shared, frozen, &mut written));
+    let rollups = match rollups {
+        Ok(r) => r,
+        Err(e) => {
+            remove_files(written.iter().map(|(_, f)| f.path.clone()));
+            return Err(e);
+        }
+    };
     // The latest-row index with these rows, on disk before the catalog naming their files.
     let latest = {
         let state = shared.read();
@@ -140,6 +145,10 @@ fn flush(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
         for (name, table) in &frozen.mem.tables {
             latest.merge(name, table);
         }
+        for (name, table) in &rollups {
+            latest.merge(name, table);
+        }
+        latest.flush_seq = frozen.seq;
         let mut spans: BTreeMap<Measurement, Vec<(i64, i64)>> = BTreeMap::new();
         let files = state
             .catalog
@@ -177,6 +186,19 @@ fn flush(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
                 .push(Arc::clone(file));
         }
         state.catalog.wal_floor = frozen.wal_floor;
+        // The rollup tables' high-water marks: a later row at or before them replaces one.
+        for (name, table) in &rollups {
+            let hw = &mut state
+                .catalog
+                .tables
+                .entry(name.clone())
+                .or_default()
+                .high_water;
+            for (series, time) in table.series_max() {
+                let mark = hw.entry(SeriesKey::clone(series)).or_insert(time);
+                *mark = (*mark).max(time);
+            }
+        }
         if let Err(e) = state.catalog.save(&shared.dir, &state.schemas) {
             for (name, file) in &written {
                 if let Some(t) = state.catalog.tables.get_mut(name) {
@@ -199,6 +221,89 @@ fn flush(shared: &Shared, frozen: &Frozen) -> Result<(), StoreError> {
         "flushed"
     );
     Ok(())
+}
+
+/// Compute and write the rollup rows of the flushed tables that have rollups (files pushed
+/// onto `written`); returns each rollup table's new rows.
+fn write_rollups(
+    shared: &Shared,
+    frozen: &Frozen,
+    written: &mut Vec<(Measurement, Arc<DataFile>)>,
+) -> Result<Vec<(Measurement, Table)>, StoreError> {
+    let partition_ns = shared.config.partition_ns();
+    let mut out = Vec::new();
+    for (name, table) in &frozen.mem.tables {
+        let specs = shared.config.rollups_of(name.as_str());
+        if specs.is_empty() {
+            continue;
+        }
+        let retained_from = shared
+            .config
+            .retention_of(name.as_str())
+            .map_or(i64::MIN, |r| {
+                partition_of(
+                    now_ns().saturating_sub(i64::try_from(r.as_nanos()).unwrap_or(i64::MAX)),
+                    partition_ns,
+                )
+            });
+        let (raw, files, latest) = {
+            let state = shared.read();
+            let raw = state.schemas.tables.get(name).cloned().unwrap_or_default();
+            let files = state
+                .catalog
+                .tables
+                .get(name)
+                .map(|t| t.files.clone())
+                .unwrap_or_default();
+            (raw, files, Arc::clone(&state.latest))
+        };
+        let input = crate::rollup::Input {
+            raw: &raw,
+            frozen: table,
+            high_water_before: frozen.high_water_before.get(name),
+            files,
+            retained_from,
+            rollups: specs
+                .into_iter()
+                .map(|spec| {
+                    let rows = latest.tables.get(&spec.name);
+                    (spec, rows)
+                })
+                .collect(),
+        };
+        for (rollup, schema, rows) in crate::rollup::rows_for_flush(&input)? {
+            let high_water = {
+                let mut state = shared.write();
+                // The rollup table's columns follow the raw table's (which only grow).
+                if state.schemas.tables.get(&rollup) != Some(&schema) {
+                    state.schemas.tables.insert(rollup.clone(), schema.clone());
+                }
+                state
+                    .catalog
+                    .tables
+                    .get(&rollup)
+                    .map(|t| t.high_water.clone())
+                    .unwrap_or_default()
+            };
+            let arrow = schema.arrow();
+            let mut groups: BTreeMap<(i64, bool), Vec<RowRef<'_>>> = BTreeMap::new();
+            for (series, time, fields) in rows.rows() {
+                let late = high_water.get(series).is_some_and(|hw| time <= *hw);
+                groups
+                    .entry((partition_of(time, partition_ns), late))
+                    .or_default()
+                    .push((series, time, fields));
+            }
+            for ((partition, late), group) in groups {
+                let file = write_file(
+                    shared, &rollup, &schema, &arrow, partition, frozen.seq, late, &group,
+                )?;
+                written.push((rollup.clone(), file));
+            }
+            out.push((rollup, rows));
+        }
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -13,12 +13,18 @@
 //! next flush leaves the others out. Without a readable `latest.bin` (a store from before it,
 //! or a damaged file) [`crate::Store::open`] rebuilds the index from the data files.
 //!
-//! # Format, version 1
+//! The index also records the flush that wrote it, so [`crate::Store::open`] can tell when it
+//! is ahead of the catalog; rollup tables need their entries to match the files exactly (see
+//! `rollup`), so theirs are then read again from the files.
+//!
+//! # Format, version 2
 //!
 //! ```text
-//! latest.bin : "FLST" | version: u16 LE = 1 | reserved: u16 = 0 | len: u32 LE | crc32: u32 LE
-//!              | payload: postcard(Vec<TableData>)
+//! latest.bin : "FLST" | version: u16 LE = 2 | reserved: u16 = 0 | len: u32 LE | crc32: u32 LE
+//!              | payload: postcard(IndexData { flush_seq: u64, tables: Vec<TableData> })
 //! ```
+//!
+//! A version 1 file (no flush sequence) is not read: the index is rebuilt from the files.
 //!
 //! Written and replaced atomically like the catalog (`framed`).
 
@@ -39,7 +45,7 @@ use crate::schema::Schemas;
 
 const FORMAT: Format = Format {
     magic: b"FLST",
-    version: 1,
+    version: 2,
     what: "latest-row index",
 };
 const FILE_NAME: &str = "latest.bin";
@@ -51,6 +57,14 @@ pub(crate) type LatestRow = Arc<(i64, Fields)>;
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LatestIndex {
     pub(crate) tables: BTreeMap<Measurement, HashMap<SeriesKey, LatestRow>>,
+    /// Sequence of the flush whose files this index includes.
+    pub(crate) flush_seq: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexData {
+    flush_seq: u64,
+    tables: Vec<TableData>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,7 +159,7 @@ impl LatestIndex {
 
     /// Write the index durably (see the module docs).
     pub(crate) fn save(&self, root: &Path) -> Result<(), StoreError> {
-        let data: Vec<TableData> = self
+        let tables: Vec<TableData> = self
             .tables
             .iter()
             .map(|(name, index)| TableData {
@@ -160,6 +174,10 @@ impl LatestIndex {
                     .collect(),
             })
             .collect();
+        let data = IndexData {
+            flush_seq: self.flush_seq,
+            tables,
+        };
         FORMAT.write(root, FILE_NAME, &data)
     }
 
@@ -167,8 +185,23 @@ impl LatestIndex {
     /// row that wins in queries wins here too). One file's rows are in memory at a time.
     pub(crate) fn rebuild(catalog: &Catalog, schemas: &Schemas) -> Result<Self, StoreError> {
         let mut index = Self::default();
-        for (name, t) in &catalog.tables {
-            let Some(schema) = schemas.tables.get(name) else {
+        let all: Vec<Measurement> = catalog.tables.keys().cloned().collect();
+        index.rebuild_tables(catalog, schemas, &all)?;
+        Ok(index)
+    }
+
+    /// Replace the entries of the tables `names` by what their data files hold.
+    pub(crate) fn rebuild_tables(
+        &mut self,
+        catalog: &Catalog,
+        schemas: &Schemas,
+        names: &[Measurement],
+    ) -> Result<(), StoreError> {
+        let index = self;
+        for name in names {
+            index.tables.remove(name);
+            let (Some(t), Some(schema)) = (catalog.tables.get(name), schemas.tables.get(name))
+            else {
                 continue;
             };
             let mut files = t.files.clone();
@@ -182,15 +215,18 @@ impl LatestIndex {
                 index.merge(name, &rows);
             }
         }
-        Ok(index)
+        Ok(())
     }
 }
 
 fn decode(bytes: &[u8]) -> Result<LatestIndex, String> {
     let payload = FORMAT.payload(bytes)?;
-    let data: Vec<TableData> = postcard::from_bytes(payload).map_err(|e| e.to_string())?;
-    let mut index = LatestIndex::default();
-    for t in data {
+    let data: IndexData = postcard::from_bytes(payload).map_err(|e| e.to_string())?;
+    let mut index = LatestIndex {
+        flush_seq: data.flush_seq,
+        ..LatestIndex::default()
+    };
+    for t in data.tables {
         let name = Measurement::new(t.name).map_err(|e| e.to_string())?;
         let rows = t
             .rows

@@ -15,8 +15,10 @@
 //! On [`Store::open`] the catalog is loaded, files it does not name are deleted, and the WAL
 //! segments not yet in files are replayed, so every completed write survives a crash.
 //!
-//! It knows nothing of MQTT or SQL; downsampling, object-storage tiering and a storage budget
-//! are not built yet.
+//! Tables may have rollups (downsampling, module `rollup`): tables of per-series, per-bucket
+//! summaries written by each flush in the same catalog commit as the raw rows.
+//!
+//! It knows nothing of MQTT or SQL; object-storage tiering is not built yet.
 
 pub mod catalog;
 mod error;
@@ -25,6 +27,7 @@ mod flush;
 mod framed;
 mod latest;
 mod memtable;
+mod rollup;
 mod schema;
 pub mod wal;
 
@@ -57,6 +60,10 @@ pub struct TableConfig {
     /// `store.retention` for this table.
     #[serde(with = "humantime_serde")]
     pub retention: Option<Duration>,
+    /// Downsampling: a rollup table per interval (`["1m", "1h"]` → `<table>_1m` and
+    /// `<table>_1h`), with count, sum, mean, min, max and last of every field per series
+    /// and bucket, maintained at every flush (see `rollup`).
+    pub rollups: Vec<String>,
 }
 
 /// Store settings (`[store]` in the config file).
@@ -155,12 +162,89 @@ impl StoreConfig {
         if self.compaction_min_files < 2 {
             errs.push("store.compaction_min_files must be at least 2".to_owned());
         }
-        for name in self.tables.keys() {
+        for (name, table) in &self.tables {
             if let Err(e) = Measurement::new(name.as_str()) {
                 errs.push(format!("store.tables.{name}: {e}"));
             }
+            for raw in &table.rollups {
+                let interval = match rollup::parse_interval(raw) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errs.push(format!("store.tables.{name}.rollups: {e}"));
+                        continue;
+                    }
+                };
+                if interval < Duration::from_secs(1)
+                    || interval.subsec_nanos() != 0
+                    || !self
+                        .partition
+                        .as_nanos()
+                        .is_multiple_of(interval.as_nanos())
+                {
+                    errs.push(format!(
+                        "store.tables.{name}.rollups: {raw:?} must be whole seconds that divide \
+                         store.partition ({})",
+                        humantime_serde::re::humantime::format_duration(self.partition)
+                    ));
+                } else if rollup::table_name(name, interval).is_none() {
+                    errs.push(format!(
+                        "store.tables.{name}.rollups: {raw:?} gives no valid table name"
+                    ));
+                }
+            }
+        }
+        let derived = self.derived_tables();
+        for (rollup, raw) in &derived {
+            if self
+                .tables
+                .get(rollup.as_str())
+                .is_some_and(|t| !t.rollups.is_empty())
+            {
+                errs.push(format!(
+                    "store.tables.{rollup}: a rollup table of {raw} cannot have rollups itself"
+                ));
+            }
         }
         errs
+    }
+
+    /// The rollups of `table`, finest first (intervals that do not validate are left out).
+    fn rollups_of(&self, table: &str) -> Vec<rollup::Spec> {
+        let mut specs: Vec<rollup::Spec> = self
+            .tables
+            .get(table)
+            .map(|t| t.rollups.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|raw| {
+                let d = rollup::parse_interval(raw).ok()?;
+                let ns = i64::try_from(d.as_nanos()).ok()?;
+                (d >= Duration::from_secs(1)
+                    && self.partition.as_nanos().is_multiple_of(d.as_nanos()))
+                .then_some(())?;
+                Some(rollup::Spec {
+                    interval_ns: ns,
+                    name: rollup::table_name(table, d)?,
+                })
+            })
+            .collect();
+        specs.sort_by_key(|s| s.interval_ns);
+        specs.dedup();
+        specs
+    }
+
+    /// Every rollup table and the table it summarises.
+    fn derived_tables(&self) -> BTreeMap<Measurement, Measurement> {
+        let mut out = BTreeMap::new();
+        for name in self.tables.keys() {
+            let Ok(raw) = Measurement::new(name.as_str()) else {
+                continue;
+            };
+            for spec in self.rollups_of(name) {
+                out.insert(spec.name, raw.clone());
+            }
+        }
+        out
     }
 
     fn partition_ns(&self) -> i64 {
@@ -272,6 +356,8 @@ struct Shared {
     /// Files dropped from the catalog, deleted once `file_grace` has passed.
     graveyard: Mutex<Vec<(std::time::Instant, PathBuf)>>,
     config: StoreConfig,
+    /// Rollup tables (written only by flushes) and the table each summarises.
+    derived: BTreeMap<Measurement, Measurement>,
     dir: PathBuf,
 }
 
@@ -355,6 +441,22 @@ impl Store {
             }
             None => latest::LatestIndex::rebuild(&catalog, &schemas)?,
         };
+        // Rollups merge into the index's rows of their tables, so those rows must be the
+        // files' exactly: after a crash between writing the index and the catalog, the index
+        // is ahead of the files, and the rollup tables' entries are read from the files.
+        let derived = config.derived_tables();
+        let flushed = catalog
+            .tables
+            .values()
+            .flat_map(|t| t.files.iter())
+            .map(|f| f.meta.seq)
+            .max()
+            .unwrap_or(0);
+        if latest.flush_seq > flushed {
+            let names: Vec<Measurement> = derived.keys().cloned().collect();
+            latest.rebuild_tables(&catalog, &schemas, &names)?;
+        }
+        latest.flush_seq = flushed;
         latest.retain_covered(&catalog.coverage());
         let partition_ns = config.partition_ns();
         let mut active = Memtables::default();
@@ -378,6 +480,7 @@ impl Store {
             _lock: lock,
             graveyard: Mutex::new(Vec::new()),
             config: config.clone(),
+            derived,
             dir: dir.to_owned(),
         });
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
@@ -879,6 +982,18 @@ fn run_writer(
                     counters.rejected.fetch_add(1, Ordering::Relaxed);
                     let _ = r.done.send(Err(StoreError::Full {
                         max_rows: config.max_memtable_rows,
+                    }));
+                    continue;
+                }
+                if let Some((table, source)) = r
+                    .points
+                    .iter()
+                    .find_map(|p| shared.derived.get_key_value(&p.measurement))
+                {
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                    let _ = r.done.send(Err(StoreError::Derived {
+                        table: table.as_str().to_owned(),
+                        source_table: source.as_str().to_owned(),
                     }));
                     continue;
                 }

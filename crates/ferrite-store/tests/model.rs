@@ -1,7 +1,8 @@
 //! Model-based test: random sequences of writes (in and out of order, duplicates, type
 //! conflicts), flushes to Parquet, compactions, crashes with torn WAL tails, and reopens,
 //! checked against an in-memory model of what was acknowledged — both the merged snapshot and
-//! the reader's view (files + in-memory rows, which must never share a row).
+//! the reader's view (files + in-memory rows, which must never share a row) — and, after every
+//! flush, the rollup tables against summaries of the model.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -122,6 +123,80 @@ fn view_contents(store: &Store, lo: i64, hi: i64) -> Result<Model, String> {
     Ok(out)
 }
 
+/// (device, bucket start) → count, sum, min, max, last of `v`.
+type Rollup = BTreeMap<(String, i64), (u64, f64, f64, f64, f64)>;
+
+/// What the rollup of `model` at `interval` (ns) must hold.
+fn rollup_of(model: &Model, interval: i64) -> Rollup {
+    let mut out = Rollup::new();
+    // Keys are ordered by device then time: each bucket's values arrive in time order.
+    for ((dev, t), v) in model {
+        let key = (dev.clone(), t.div_euclid(interval) * interval);
+        let e = out.entry(key).or_insert((0, 0.0, *v, *v, *v));
+        e.0 += 1;
+        e.1 += v;
+        e.2 = e.2.min(*v);
+        e.3 = e.3.max(*v);
+        e.4 = *v;
+    }
+    out
+}
+
+fn f64_column(b: &arrow::record_batch::RecordBatch, name: &str) -> Float64Array {
+    let c = arrow::compute::cast(
+        b.column_by_name(name).unwrap(),
+        &arrow::datatypes::DataType::Float64,
+    )
+    .unwrap();
+    c.as_any().downcast_ref::<Float64Array>().unwrap().clone()
+}
+
+/// What the store's rollup table holds.
+fn rollup_contents(store: &Store, table: &str) -> Rollup {
+    let mut out = Rollup::new();
+    let Some(snap) = store.snapshot(table) else {
+        return out;
+    };
+    for b in snap.unwrap().batches {
+        let dev = b
+            .column_by_name("device_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
+        let t = b
+            .column_by_name("time")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .unwrap()
+            .clone();
+        let (count, sum, min, max, last, mean) = (
+            f64_column(&b, "v_count"),
+            f64_column(&b, "v_sum"),
+            f64_column(&b, "v_min"),
+            f64_column(&b, "v_max"),
+            f64_column(&b, "v_last"),
+            f64_column(&b, "v_mean"),
+        );
+        for i in 0..b.num_rows() {
+            assert_eq!(
+                mean.value(i),
+                sum.value(i) / count.value(i),
+                "mean = sum / count"
+            );
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let n = count.value(i) as u64;
+            out.insert(
+                (dev.value(i).to_owned(), t.value(i)),
+                (n, sum.value(i), min.value(i), max.value(i), last.value(i)),
+            );
+        }
+    }
+    out
+}
+
 fn add_rows(out: &mut Model, b: &arrow::record_batch::RecordBatch) {
     {
         let dev = b
@@ -162,6 +237,13 @@ proptest! {
             partition: std::time::Duration::from_secs(60),
             compaction_min_files: 2,
             file_grace: std::time::Duration::ZERO,
+            tables: BTreeMap::from([(
+                "m".to_owned(),
+                ferrite_store::TableConfig {
+                    rollups: vec!["30s".to_owned(), "1m".to_owned()],
+                    ..Default::default()
+                },
+            )]),
             ..StoreConfig::default()
         };
         let mut store = Some(Store::open(dir.path(), &config).unwrap().0);
@@ -194,7 +276,13 @@ proptest! {
                         }
                     }
                 }
-                Op::Flush => rt.block_on(store.as_ref().unwrap().flush()).unwrap(),
+                Op::Flush => {
+                    let s = store.as_ref().unwrap();
+                    rt.block_on(s.flush()).unwrap();
+                    // Everything acknowledged is in files now, and so in the rollups.
+                    prop_assert_eq!(rollup_contents(s, "m_30s"), rollup_of(&model, STEP));
+                    prop_assert_eq!(rollup_contents(s, "m_1m"), rollup_of(&model, 2 * STEP));
+                }
                 Op::Maintain => {
                     store.as_ref().unwrap().maintain().unwrap();
                 }

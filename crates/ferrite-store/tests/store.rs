@@ -672,3 +672,177 @@ async fn writes_past_the_storage_budget_are_refused_and_change_nothing() {
         .unwrap();
     assert_eq!(values(&store).len(), 4);
 }
+
+fn rollup_config() -> StoreConfig {
+    StoreConfig {
+        tables: BTreeMap::from([(
+            "telemetry".to_owned(),
+            ferrite_store::TableConfig {
+                rollups: vec!["1m".to_owned()],
+                ..Default::default()
+            },
+        )]),
+        ..StoreConfig::default()
+    }
+}
+
+/// (device, bucket) → (count, sum, min, max, last) of field `t`, as the rollup table holds it.
+type RollupRows = BTreeMap<(String, i64), (f64, f64, f64, f64, f64)>;
+
+fn rollup_rows(store: &Store) -> RollupRows {
+    let mut out = BTreeMap::new();
+    let Some(snap) = store.snapshot("telemetry_1m") else {
+        return out;
+    };
+    for b in snap.unwrap().batches {
+        let col = |name: &str| {
+            let c = arrow::compute::cast(
+                b.column_by_name(name).unwrap(),
+                &arrow::datatypes::DataType::Float64,
+            )
+            .unwrap();
+            c.as_any().downcast_ref::<Float64Array>().unwrap().clone()
+        };
+        let dev = b
+            .column_by_name("device_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
+        let time = b
+            .column_by_name("time")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampNanosecondArray>()
+            .unwrap()
+            .clone();
+        let (n, s, lo, hi, last) = (
+            col("t_count"),
+            col("t_sum"),
+            col("t_min"),
+            col("t_max"),
+            col("t_last"),
+        );
+        for i in 0..b.num_rows() {
+            out.insert(
+                (dev.value(i).to_owned(), time.value(i)),
+                (
+                    n.value(i),
+                    s.value(i),
+                    lo.value(i),
+                    hi.value(i),
+                    last.value(i),
+                ),
+            );
+        }
+    }
+    out
+}
+
+const MINUTE: i64 = 60_000_000_000;
+
+#[tokio::test]
+async fn rollups_summarise_late_rows_and_retries_exactly_and_refuse_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &rollup_config()).unwrap().0;
+    // Minute 0 over two flushes (in order), then a retry of one of its rows with a new value
+    // and a late row: the bucket is recomputed, not double counted.
+    store
+        .write(vec![
+            point("a", 1_000, "t", Value::F64(1.0)),
+            point("a", 2_000, "t", Value::F64(5.0)),
+        ])
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    store
+        .write(vec![
+            point("a", 3_000, "t", Value::F64(-2.0)),
+            point("a", MINUTE + 1, "t", Value::F64(10.0)),
+        ])
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    let rows = rollup_rows(&store);
+    assert_eq!(rows[&("a".to_owned(), 0)], (3.0, 4.0, -2.0, 5.0, -2.0));
+    assert_eq!(
+        rows[&("a".to_owned(), MINUTE)],
+        (1.0, 10.0, 10.0, 10.0, 10.0)
+    );
+    store
+        .write(vec![
+            point("a", 2_000, "t", Value::F64(7.0)),
+            point("a", 500, "t", Value::F64(0.5)),
+        ])
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    let rows = rollup_rows(&store);
+    assert_eq!(rows[&("a".to_owned(), 0)], (4.0, 6.5, -2.0, 7.0, -2.0));
+    assert_eq!(rows.len(), 2);
+    // The rollup table is the store's: writing to it is refused, nothing changes.
+    let err = store
+        .write(vec![Point {
+            measurement: Measurement::new("telemetry_1m").unwrap(),
+            ..point("a", 1, "t_count", Value::U64(1))
+        }])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Derived { .. }), "{err}");
+    assert!(err.to_string().contains("rollup of telemetry"), "{err}");
+    store.close();
+}
+
+#[tokio::test]
+async fn a_crash_between_the_index_and_the_catalog_does_not_count_rows_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), &rollup_config()).unwrap().0;
+        store
+            .write(vec![point("a", 1_000, "t", Value::F64(1.0))])
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        store
+            .write(vec![point("a", 2_000, "t", Value::F64(2.0))])
+            .await
+            .unwrap();
+        store.close();
+        drop(store);
+        // The folder as it was before the next flush: the second row only in the WAL.
+        copy_dir(dir.path(), before.path());
+        let store = Store::open(dir.path(), &rollup_config()).unwrap().0;
+        store.flush().await.unwrap();
+        store.close();
+    }
+    // A crash after that flush wrote the latest-row index and before its catalog: the index
+    // already merged the second row into the rollup, the catalog and WAL do not have it yet.
+    std::fs::copy(
+        dir.path().join("latest.bin"),
+        before.path().join("latest.bin"),
+    )
+    .unwrap();
+    let store = Store::open(before.path(), &rollup_config()).unwrap().0;
+    store.flush().await.unwrap();
+    assert_eq!(
+        rollup_rows(&store)[&("a".to_owned(), 0)],
+        (2.0, 3.0, 1.0, 2.0, 2.0),
+        "the second row counted once"
+    );
+    store.close();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "LOCK" && entry.file_name() != ".lock" {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
