@@ -7,7 +7,7 @@
 # receive with mosquitto_sub, run the Paho (Python) interop suite, query with curl and with
 # psql (PostgreSQL wire protocol),
 # kill -9 right after the PUBACK, restart, and check the rows, a persistent session's queued
-# message and a retained message are still there; export the table with `ferrite export` and
+# message, a retained message and an owed will are still there; export the table with `ferrite export` and
 # read the export and the store's data files with pyarrow.
 # Talks only to 127.0.0.1; every wait is bounded.
 set -euo pipefail
@@ -19,7 +19,12 @@ target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,s
 bin="$target/debug/ferrite"
 work=$(mktemp -d)
 pid=""
-cleanup() { [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null; rm -rf "$work"; }
+willer=""
+cleanup() {
+  if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
+  if [ -n "$willer" ]; then kill "$willer" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 fail() { echo "smoke: FAILED: $*" >&2; echo "--- server output" >&2; cat "$work"/out "$work"/err >&2 || true; exit 1; }
@@ -155,13 +160,26 @@ echo "$psql_err" | grep -q 'ERROR:.*ParserError' || fail "psql bad SQL: $psql_er
 echo "$psql_err" | tail -1 | grep -qx '[0-9][0-9]*' || fail "psql after an error: $psql_err"
 
 # kill -9 right after a PUBACK, then restart: the row is still there, and so are a message
-# queued for an offline persistent session and a retained message.
+# queued for an offline persistent session, a retained message and a will.
 mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv5 -c -x 300 -i survivor -q 1 -t smoke/survive -E \
   || fail "persistent subscribe before kill"
 mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t smoke/survive -m after-crash || fail "publish to an offline session before kill"
 mosquitto_pub -h 127.0.0.1 -p "$mport" -V mqttv5 -q 1 -t devices/d3/telemetry -m '{"temperature":-4.5}' || fail "mosquitto_pub before kill"
+# A client with a (retained) will is connected when the gateway is killed: the will is owed,
+# and published after the restart.
+mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv5 -i willer -q 1 -t smoke/ping -C 2 \
+  --will-topic smoke/will --will-payload gone --will-qos 1 --will-retain >"$work/willer.out" 2>&1 &
+willer=$!
+timeout 15 bash -c "until grep -q ping '$work/willer.out'; do
+    mosquitto_pub -h 127.0.0.1 -p $mport -V mqttv5 -q 1 -t smoke/ping -m ping; sleep 0.2; done" \
+  || fail "the client with a will did not connect"
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+# mosquitto_sub would reconnect (and, back within the will delay, cancel its will): stop it.
+kill "$willer" 2>/dev/null || true; wait "$willer" 2>/dev/null || true; willer=""
 start
+got=$(timeout 15 mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv5 -t smoke/will -C 1 -W 10) \
+  || fail "the will owed at kill -9 was not published after the restart"
+[ "$got" = gone ] || fail "after kill -9 the will is '$got'"
 answer=$(query 'SELECT count(*) AS n FROM telemetry')
 [ "$answer" = '[{"n":5}]' ] || fail "after kill -9 and restart: $answer"
 got=$(timeout 15 mosquitto_sub -h 127.0.0.1 -p "$mport" -V mqttv5 -c -x 300 -i survivor -q 1 -t smoke/survive -C 1 -W 10) \
