@@ -238,7 +238,7 @@ pub fn load(sources: &ConfigSources) -> Result<(Config, Option<PathBuf>), Config
             Ok(text) => match text.parse::<Table>() {
                 Ok(table) => {
                     for key in flatten(&table).keys() {
-                        if !known.contains_key(key) {
+                        if !known.contains_key(key) && !is_table_setting(key) {
                             errs.push(format!("{}: unknown key `{key}`", path.display()));
                         }
                     }
@@ -318,6 +318,18 @@ fn section<T: serde::de::DeserializeOwned>(
         Ok(v) => *slot = v,
         Err(e) => errs.push(format!("[{key}]: {}", e.message().trim())),
     }
+}
+
+/// Settings of one store table (`[store.tables.NAME]`, `ferrite_store::TableConfig`): the
+/// defaults name no table, so these keys are known by their shape.
+const TABLE_SETTINGS: [&str; 2] = ["retention", "rollups"];
+
+/// Whether `key` is `store.tables.NAME.SETTING` (rollups are a list, so a flattened key ends
+/// at the setting).
+fn is_table_setting(key: &str) -> bool {
+    key.strip_prefix("store.tables.")
+        .and_then(|rest| rest.rsplit_once('.'))
+        .is_some_and(|(name, setting)| !name.is_empty() && TABLE_SETTINGS.contains(&setting))
 }
 
 /// `a.b.c` → leaf value, for every leaf of `table`.
@@ -497,6 +509,54 @@ mod tests {
             ],
             "a new section needs a line in `load` and in this test"
         );
+    }
+
+    #[test]
+    fn per_table_settings_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(
+            &file,
+            "[store.tables.readings]\nretention = \"30days\"\nrollups = [\"1m\", \"1h\"]\n\
+             [store.tables.readings_1h]\nretention = \"3650days\"\n",
+        )
+        .unwrap();
+        let (c, _) = load(&ConfigSources {
+            file: Some(file.clone()),
+            ..sources()
+        })
+        .unwrap();
+        let t = &c.store.tables["readings"];
+        assert_eq!(
+            t.retention,
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(t.rollups, ["1m", "1h"]);
+        assert_eq!(
+            c.store.tables["readings_1h"].retention,
+            Some(std::time::Duration::from_secs(3650 * 86_400))
+        );
+        // A misspelt setting, and an interval that does not divide the partition, are errors.
+        for (text, needle) in [
+            (
+                "[store.tables.readings]\nretension = \"1d\"\n",
+                "unknown key `store.tables.readings.retension`",
+            ),
+            (
+                "[store.tables.readings]\nrollups = [\"7m\"]\n",
+                "store.tables.readings.rollups: \"7m\" must be whole seconds that divide",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let errs = load(&ConfigSources {
+                file: Some(file.clone()),
+                ..sources()
+            })
+            .unwrap_err()
+            .0
+            .join("\n");
+            assert!(errs.contains(needle), "{errs}");
+        }
     }
 
     #[test]
