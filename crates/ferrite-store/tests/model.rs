@@ -8,10 +8,12 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use arrow::array::{Array, Float64Array, StringArray, TimestampNanosecondArray};
 use ferrite_core::{Measurement, Point, Timestamp, Value};
 use ferrite_store::{Store, StoreConfig};
 use proptest::prelude::*;
+
+mod support;
+use support::{devices_and_times, f64_column};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -142,15 +144,6 @@ fn rollup_of(model: &Model, interval: i64) -> Rollup {
     out
 }
 
-fn f64_column(b: &arrow::record_batch::RecordBatch, name: &str) -> Float64Array {
-    let c = arrow::compute::cast(
-        b.column_by_name(name).unwrap(),
-        &arrow::datatypes::DataType::Float64,
-    )
-    .unwrap();
-    c.as_any().downcast_ref::<Float64Array>().unwrap().clone()
-}
-
 /// What the store's rollup table holds.
 fn rollup_contents(store: &Store, table: &str) -> Rollup {
     let mut out = Rollup::new();
@@ -158,20 +151,7 @@ fn rollup_contents(store: &Store, table: &str) -> Rollup {
         return out;
     };
     for b in snap.unwrap().batches {
-        let dev = b
-            .column_by_name("device_id")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap()
-            .clone();
-        let t = b
-            .column_by_name("time")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .unwrap()
-            .clone();
+        let (dev, t) = devices_and_times(&b);
         let (count, sum, min, max, last, mean) = (
             f64_column(&b, "v_count"),
             f64_column(&b, "v_sum"),
@@ -199,27 +179,9 @@ fn rollup_contents(store: &Store, table: &str) -> Rollup {
 
 fn add_rows(out: &mut Model, b: &arrow::record_batch::RecordBatch) {
     {
-        let dev = b
-            .column_by_name("device_id")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap()
-            .clone();
-        let t = b
-            .column_by_name("time")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .unwrap()
-            .clone();
+        let (dev, t) = devices_and_times(b);
         // Files may hold a float column as a decimal (short decimals); read it as f64.
-        let v = arrow::compute::cast(
-            b.column_by_name("v").unwrap(),
-            &arrow::datatypes::DataType::Float64,
-        )
-        .unwrap();
-        let v = v.as_any().downcast_ref::<Float64Array>().unwrap().clone();
+        let v = f64_column(b, "v");
         for i in 0..b.num_rows() {
             out.insert((dev.value(i).to_owned(), t.value(i)), v.value(i));
         }

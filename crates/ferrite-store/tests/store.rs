@@ -9,6 +9,9 @@ use arrow::array::{Array, Float64Array, StringArray};
 use ferrite_core::{Measurement, Point, Timestamp, Value};
 use ferrite_store::{Store, StoreConfig, StoreError};
 
+mod support;
+use support::{devices_and_times, f64_column};
+
 fn point(device: &str, t: i64, field: &str, v: Value) -> Point {
     Point {
         measurement: Measurement::new("telemetry").unwrap(),
@@ -695,28 +698,8 @@ fn rollup_rows(store: &Store) -> RollupRows {
         return out;
     };
     for b in snap.unwrap().batches {
-        let col = |name: &str| {
-            let c = arrow::compute::cast(
-                b.column_by_name(name).unwrap(),
-                &arrow::datatypes::DataType::Float64,
-            )
-            .unwrap();
-            c.as_any().downcast_ref::<Float64Array>().unwrap().clone()
-        };
-        let dev = b
-            .column_by_name("device_id")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap()
-            .clone();
-        let time = b
-            .column_by_name("time")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<arrow::array::TimestampNanosecondArray>()
-            .unwrap()
-            .clone();
+        let col = |name: &str| f64_column(&b, name);
+        let (dev, time) = devices_and_times(&b);
         let (n, s, lo, hi, last) = (
             col("t_count"),
             col("t_sum"),
