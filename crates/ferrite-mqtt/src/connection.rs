@@ -332,7 +332,9 @@ async fn accept<S: AsyncWrite + Unpin>(
     let told_expiry = (version == ProtocolVersion::V5 && requested > max_expiry)
         .then(|| u32::try_from(max_expiry.as_secs()).unwrap_or(u32::MAX - 1));
 
-    let takeover = CancellationToken::new();
+    // A child of the shutdown token: cancelled by a takeover or by shutdown, so the session
+    // loop waits on one token for both (one future less in every connection's task).
+    let takeover = shared.shutdown.child_token();
     let finished = CancellationToken::new();
     let conn_id = shared.next_connection_id();
     let old = shared.register_client(&client_id, conn_id, takeover.clone(), finished.clone());
@@ -513,7 +515,8 @@ struct Session {
     handle: SessionHandle,
     /// Deliveries from the router (bounded: `mqtt.session_queue`).
     out_rx: SessionQueue,
-    /// Cancelled when another connection takes over the client id.
+    /// Cancelled when another connection takes over the client id, or at shutdown (it is a
+    /// child of the shutdown token).
     takeover: CancellationToken,
     /// Cancelled by us once the connection has ended and the session is parked or ended, so
     /// a connection taking over can pick the session up.
@@ -603,8 +606,13 @@ impl Session {
             let can_deliver = self.backlog.is_empty()
                 && self.inflight_out.len() < usize::from(self.client_receive_max);
             tokio::select! {
-                () = shared.shutdown.cancelled() => return Exit::Shutdown,
-                () = self.takeover.cancelled() => return Exit::TakenOver,
+                () = self.takeover.cancelled() => {
+                    return if shared.shutdown.is_cancelled() {
+                        Exit::Shutdown
+                    } else {
+                        Exit::TakenOver
+                    };
+                }
                 () = self.revoked.cancelled() => {
                     shared.stats.revoked.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), "credentials revoked; closing");
