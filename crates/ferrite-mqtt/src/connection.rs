@@ -43,6 +43,10 @@ const RBUF_MIN: usize = 128;
 const RBUF_MAX: usize = 64 << 10;
 /// A write buffer larger than this is released once written, not kept for the next write.
 const WBUF_KEEP: usize = 1024;
+/// Deliveries taken off the session queue for one write at most, and the bytes they may
+/// fill the write buffer with.
+const DELIVERY_BATCH: usize = 256;
+const DELIVERY_BATCH_BYTES: usize = 64 << 10;
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -623,7 +627,23 @@ impl Session {
                         return exit;
                     }
                 }
-                Some(out) = self.out_rx.recv(), if can_deliver => self.deliver(*out, shared),
+                Some(out) = self.out_rx.recv(), if can_deliver => {
+                    self.deliver(*out, shared);
+                    // More are usually queued behind it: take them now, so that one write
+                    // carries many deliveries instead of one each.
+                    for _ in 1..DELIVERY_BATCH {
+                        if !self.backlog.is_empty()
+                            || self.inflight_out.len() >= usize::from(self.client_receive_max)
+                            || self.wbuf.len() >= DELIVERY_BATCH_BYTES
+                        {
+                            break;
+                        }
+                        let Some(out) = self.out_rx.try_recv() else {
+                            break;
+                        };
+                        self.deliver(*out, shared);
+                    }
+                }
                 read = stream.read_buf(rbuf), if can_read => match read {
                     Ok(0) | Err(_) => return Exit::Lost,
                     Ok(n) => {

@@ -153,19 +153,23 @@ impl SessionQueue {
     /// returned.
     pub(crate) async fn recv(&mut self) -> Option<Box<Outgoing>> {
         loop {
-            {
-                let mut state = self.shared.lock();
-                if let Some(out) = state.items.pop_front() {
-                    state.bytes = state.bytes.saturating_sub(out.queued_size());
-                    if state.items.is_empty() && state.items.capacity() > QUEUE_KEEP {
-                        state.items = std::collections::VecDeque::new();
-                    }
-                    return Some(out);
-                }
+            if let Some(out) = self.try_recv() {
+                return Some(out);
             }
             // A permit stored by a send that came after the check above wakes this at once.
             self.shared.ready.notified().await;
         }
+    }
+
+    /// The next delivery if one is queued, without waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<Box<Outgoing>> {
+        let mut state = self.shared.lock();
+        let out = state.items.pop_front()?;
+        state.bytes = state.bytes.saturating_sub(out.queued_size());
+        if state.items.is_empty() && state.items.capacity() > QUEUE_KEEP {
+            state.items = std::collections::VecDeque::new();
+        }
+        Some(out)
     }
 
     /// Deliveries queued.
