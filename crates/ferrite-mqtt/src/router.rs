@@ -251,9 +251,15 @@ impl SessionSender {
         Ok(Queued { evicted })
     }
 
-    /// Queue `out` (already stored, if it is kept); false if it did not fit.
-    pub(crate) fn try_send(&self, out: Outgoing) -> bool {
-        self.offer(out, |_| {}).is_ok()
+    /// Queue a delivery read back from the session store at start, whatever the limits:
+    /// it was accepted before the restart and is still stored, so it is not dropped now.
+    pub(crate) fn restore(&self, out: Outgoing) {
+        let q = &self.shared;
+        let mut state = q.lock();
+        state.bytes += out.queued_size();
+        state.items.push_back(Box::new(out));
+        drop(state);
+        q.ready.notify_one();
     }
 
     /// Whether a delivery would be queued without dropping anything.

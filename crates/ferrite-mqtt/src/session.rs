@@ -214,10 +214,7 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
                     );
                     next_packet_id = packet_id.checked_add(1).unwrap_or(1);
                 }
-                // Room for every one of them was made above.
-                None => {
-                    let _ = tx.try_send(delivery.out);
-                }
+                None => tx.restore(delivery.out),
             }
             next_seq += 1;
         }
