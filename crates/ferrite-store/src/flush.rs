@@ -233,10 +233,9 @@ fn write_rollups(
     let partition_ns = shared.config.partition_ns();
     let mut out = Vec::new();
     for (name, table) in &frozen.mem.tables {
-        let specs = shared.config.rollups_of(name.as_str());
-        if specs.is_empty() {
+        let Some(specs) = shared.rollups.get(name) else {
             continue;
-        }
+        };
         let retained_from = shared
             .config
             .retention_of(name.as_str())
@@ -264,11 +263,8 @@ fn write_rollups(
             files,
             retained_from,
             rollups: specs
-                .into_iter()
-                .map(|spec| {
-                    let rows = latest.tables.get(&spec.name);
-                    (spec, rows)
-                })
+                .iter()
+                .map(|spec| (spec.clone(), latest.tables.get(&spec.name)))
                 .collect(),
         };
         for (rollup, schema, rows) in crate::rollup::rows_for_flush(&input)? {

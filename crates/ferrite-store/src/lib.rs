@@ -167,29 +167,8 @@ impl StoreConfig {
                 errs.push(format!("store.tables.{name}: {e}"));
             }
             for raw in &table.rollups {
-                let interval = match rollup::parse_interval(raw) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        errs.push(format!("store.tables.{name}.rollups: {e}"));
-                        continue;
-                    }
-                };
-                if interval < Duration::from_secs(1)
-                    || interval.subsec_nanos() != 0
-                    || !self
-                        .partition
-                        .as_nanos()
-                        .is_multiple_of(interval.as_nanos())
-                {
-                    errs.push(format!(
-                        "store.tables.{name}.rollups: {raw:?} must be whole seconds that divide \
-                         store.partition ({})",
-                        humantime_serde::re::humantime::format_duration(self.partition)
-                    ));
-                } else if rollup::table_name(name, interval).is_none() {
-                    errs.push(format!(
-                        "store.tables.{name}.rollups: {raw:?} gives no valid table name"
-                    ));
+                if let Err(e) = self.rollup_spec(name, raw) {
+                    errs.push(format!("store.tables.{name}.rollups: {e}"));
                 }
             }
         }
@@ -216,21 +195,33 @@ impl StoreConfig {
             .map(|t| t.rollups.as_slice())
             .unwrap_or_default()
             .iter()
-            .filter_map(|raw| {
-                let d = rollup::parse_interval(raw).ok()?;
-                let ns = i64::try_from(d.as_nanos()).ok()?;
-                (d >= Duration::from_secs(1)
-                    && self.partition.as_nanos().is_multiple_of(d.as_nanos()))
-                .then_some(())?;
-                Some(rollup::Spec {
-                    interval_ns: ns,
-                    name: rollup::table_name(table, d)?,
-                })
-            })
+            .filter_map(|raw| self.rollup_spec(table, raw).ok())
             .collect();
         specs.sort_by_key(|s| s.interval_ns);
         specs.dedup();
         specs
+    }
+
+    /// The rollup of `table` that the configured interval `raw` asks for.
+    fn rollup_spec(&self, table: &str, raw: &str) -> Result<rollup::Spec, String> {
+        let interval = rollup::parse_interval(raw)?;
+        if interval < Duration::from_secs(1)
+            || interval.subsec_nanos() != 0
+            || !self
+                .partition
+                .as_nanos()
+                .is_multiple_of(interval.as_nanos())
+        {
+            return Err(format!(
+                "{raw:?} must be whole seconds that divide store.partition ({})",
+                humantime_serde::re::humantime::format_duration(self.partition)
+            ));
+        }
+        let name = rollup::table_name(table, interval)
+            .ok_or_else(|| format!("{raw:?} gives no valid table name"))?;
+        let interval_ns = i64::try_from(interval.as_nanos())
+            .map_err(|_| format!("{raw:?} is too long an interval"))?;
+        Ok(rollup::Spec { interval_ns, name })
     }
 
     /// Every rollup table and the table it summarises.
@@ -358,6 +349,8 @@ struct Shared {
     config: StoreConfig,
     /// Rollup tables (written only by flushes) and the table each summarises.
     derived: BTreeMap<Measurement, Measurement>,
+    /// The rollups of each table that has some, finest first.
+    rollups: BTreeMap<Measurement, Vec<rollup::Spec>>,
     dir: PathBuf,
 }
 
@@ -481,6 +474,15 @@ impl Store {
             graveyard: Mutex::new(Vec::new()),
             config: config.clone(),
             derived,
+            rollups: config
+                .tables
+                .keys()
+                .filter_map(|name| {
+                    let specs = config.rollups_of(name);
+                    let name = Measurement::new(name.as_str()).ok()?;
+                    (!specs.is_empty()).then_some((name, specs))
+                })
+                .collect(),
             dir: dir.to_owned(),
         });
         let (tx, rx) = mpsc::channel(config.write_queue.max(1));
