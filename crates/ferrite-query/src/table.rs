@@ -4,8 +4,10 @@
 //!
 //! The scan sits under a [`StoreScanExec`], which passes everything through and shows in
 //! `EXPLAIN` what the store pruned: the time range taken from the filters, the files scanned
-//! of all the table's files, partitions merged in memory, and in-memory batches. (Row groups
-//! and pages pruned inside the files are in `EXPLAIN ANALYZE`'s Parquet metrics.)
+//! of all the table's files (and how many of those scanned are cold, read through the store's
+//! cache), partitions merged in memory, and in-memory batches. (Row groups and pages pruned
+//! inside the files are in `EXPLAIN ANALYZE`'s Parquet metrics.) It also holds the view's
+//! files, so cached cold files stay in the cache until every stream reading them ends.
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -29,10 +31,12 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::filter_pushdown::{
     ChildPushdownResult, FilterDescription, FilterPushdownPhase, FilterPushdownPropagation,
 };
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use ferrite_core::TIME_COLUMN;
-use ferrite_store::Store;
+use ferrite_store::{Store, ViewFile};
+use futures_util::StreamExt;
 
 /// A measurement of the store, as planned at one moment (its schema then).
 pub(crate) struct StoreTable {
@@ -117,6 +121,8 @@ impl TableProvider for StoreTable {
             table: self.name.clone(),
             range: (*range_start(&view_range), *view_range.end()),
             files_scanned: view.files.len(),
+            cold_scanned: view.files.iter().filter(|f| f.meta.cold).count(),
+            files: view.files.into(),
             files_total: view.files_total,
             merged_partitions: view.merged_partitions,
             memory_batches,
@@ -136,6 +142,11 @@ pub(crate) struct StoreScanExec {
     /// The time range (ns, inclusive) the filters allow.
     range: (i64, i64),
     files_scanned: usize,
+    /// Of those, the cold ones.
+    cold_scanned: usize,
+    /// The scanned files, held (cold ones pinned in the cache) while the plan or a stream of
+    /// it lives.
+    files: Arc<[ViewFile]>,
     files_total: usize,
     merged_partitions: usize,
     memory_batches: usize,
@@ -156,7 +167,7 @@ impl DisplayAs for StoreScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "StoreScanExec: table={}, time=[{}, {}], files={} of {} ({} pruned by time), \
+            "StoreScanExec: table={}, time=[{}, {}], files={} of {} ({} pruned by time, {} cold), \
              merged_partitions={}, memory_batches={}",
             self.table,
             Self::time_text(self.range.0, i64::MIN),
@@ -164,6 +175,7 @@ impl DisplayAs for StoreScanExec {
             self.files_scanned,
             self.files_total,
             self.files_total.saturating_sub(self.files_scanned),
+            self.cold_scanned,
             self.merged_partitions,
             self.memory_batches
         )
@@ -206,6 +218,8 @@ impl ExecutionPlan for StoreScanExec {
             table: self.table.clone(),
             range: self.range,
             files_scanned: self.files_scanned,
+            cold_scanned: self.cold_scanned,
+            files: Arc::clone(&self.files),
             files_total: self.files_total,
             merged_partitions: self.merged_partitions,
             memory_batches: self.memory_batches,
@@ -218,7 +232,17 @@ impl ExecutionPlan for StoreScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
+        let stream = self.input.execute(partition, context)?;
+        if self.cold_scanned == 0 {
+            return Ok(stream);
+        }
+        let files = Arc::clone(&self.files);
+        let schema = stream.schema();
+        let held = stream.map(move |b| {
+            let _ = &files;
+            b
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, held)))
     }
 
     // Filters from above (such as a TopK's dynamic filter) pass through to the scans.

@@ -144,7 +144,7 @@ async fn answers_span_files_late_rows_and_memory() {
     assert!(
         text.contains(
             "StoreScanExec: table=readings, time=[1970-01-01T01:00:00Z, 1970-01-01T01:59:59.999999999Z], \
-             files=1 of 3 (2 pruned by time), merged_partitions=0"
+             files=1 of 3 (2 pruned by time, 0 cold), merged_partitions=0"
         ),
         "{text}"
     );

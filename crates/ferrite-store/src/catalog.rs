@@ -1,13 +1,18 @@
 //! The catalog: which Parquet files make up each table, the tables' schemas, each series'
 //! flushed high-water mark, and which WAL segments the files already hold.
 //!
-//! # Format, version 1
+//! # Format, version 2
 //!
 //! ```text
-//! catalog.bin : "FCAT" | version: u16 LE = 1 | reserved: u16 = 0 | len: u32 LE | crc32: u32 LE
+//! catalog.bin : "FCAT" | version: u16 LE = 2 | reserved: u16 = 0 | len: u32 LE | crc32: u32 LE
 //!               | payload: postcard(CatalogData)
 //! tables/{measurement}/{partition start, UTC, YYYYMMDDTHHMMSSZ}/{file id:020}.parquet
+//! cache/{file id:020}.parquet        (local copies of cold files, see `cold`)
 //! ```
+//!
+//! Version 2 added the cold tier: whether each file is in object storage, and the object
+//! store's URL as configured. Version 1 catalogs (every file local) are read and rewritten as
+//! version 2 by the next commit. A cold file's object key is its path under `tables/`.
 //!
 //! The catalog is replaced atomically: written to `catalog.bin.tmp`, fsynced, renamed over
 //! `catalog.bin`, and the folder fsynced. A data file is written and fsynced before the catalog
@@ -38,7 +43,7 @@ use crate::schema::{Schemas, TableSchema};
 
 const FORMAT: Format = Format {
     magic: b"FCAT",
-    version: 1,
+    version: 2,
     what: "catalog",
 };
 const FILE_NAME: &str = "catalog.bin";
@@ -63,6 +68,37 @@ pub struct FileMeta {
     /// Holds rows at or before their series' earlier high-water mark, which may replace rows
     /// of other files of the partition.
     pub late: bool,
+    /// In object storage (the cold tier) rather than under `tables/`.
+    pub cold: bool,
+}
+
+/// `FileMeta` as catalog version 1 wrote it (no tiers).
+#[derive(Deserialize)]
+struct FileMetaV1 {
+    id: u64,
+    seq: u64,
+    partition: i64,
+    min_time: i64,
+    max_time: i64,
+    rows: u64,
+    bytes: u64,
+    late: bool,
+}
+
+impl From<FileMetaV1> for FileMeta {
+    fn from(m: FileMetaV1) -> Self {
+        Self {
+            id: m.id,
+            seq: m.seq,
+            partition: m.partition,
+            min_time: m.min_time,
+            max_time: m.max_time,
+            rows: m.rows,
+            bytes: m.bytes,
+            late: m.late,
+            cold: false,
+        }
+    }
 }
 
 /// A data file named by the catalog. When the catalog drops it (compaction, retention) the
@@ -71,13 +107,23 @@ pub struct FileMeta {
 pub struct DataFile {
     /// What the catalog knows of it.
     pub meta: FileMeta,
-    /// Where it is.
+    /// Where it is read: under `tables/`, or for a cold file its place in the local cache
+    /// (there only while cached: read cold files through the store).
     pub path: PathBuf,
+    /// Its path relative to the data folder's `tables/` parent: the object key when cold.
+    pub key: String,
 }
 
 impl DataFile {
-    pub(crate) fn new(meta: FileMeta, path: PathBuf) -> Self {
-        Self { meta, path }
+    /// The file of `table` that `meta` describes, in the store under `root`.
+    pub(crate) fn at(root: &Path, table: &str, meta: FileMeta) -> Self {
+        let key = file_key(table, &meta);
+        let path = if meta.cold {
+            cache_path(root, meta.id)
+        } else {
+            root.join(&key)
+        };
+        Self { meta, path, key }
     }
 }
 
@@ -97,35 +143,50 @@ pub(crate) struct Catalog {
     /// WAL segments numbered below this are wholly in files.
     pub(crate) wal_floor: u64,
     pub(crate) tables: BTreeMap<Measurement, TableFiles>,
+    /// The `store.cold_url` the cold files were written under, once there were any.
+    pub(crate) cold_url: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct CatalogData {
+struct CatalogData<F = FileMeta> {
     next_file_id: u64,
     next_seq: u64,
     wal_floor: u64,
-    tables: Vec<TableEntry>,
+    tables: Vec<TableEntry<F>>,
+}
+
+/// What version 2 added after version 1's `CatalogData` (whose files then carry `cold`).
+#[derive(Serialize, Deserialize)]
+struct Tiers {
+    /// `store.cold_url` the cold files were written under (empty: the default local folder).
+    cold_url: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct TableEntry {
+struct TableEntry<F = FileMeta> {
     name: String,
     schema: TableSchema,
-    files: Vec<FileMeta>,
+    files: Vec<F>,
     high_water: Vec<(Vec<(String, String)>, i64)>,
 }
 
-/// The folder of a table's partition.
-pub(crate) fn partition_dir(root: &Path, table: &str, partition: i64) -> PathBuf {
-    let name = chrono::DateTime::from_timestamp_nanos(partition)
+/// A data file's path below the data folder (`tables/{table}/{partition}/{id}.parquet`),
+/// and its object key in the cold tier.
+pub(crate) fn file_key(table: &str, meta: &FileMeta) -> String {
+    let partition = chrono::DateTime::from_timestamp_nanos(meta.partition)
         .format("%Y%m%dT%H%M%SZ")
         .to_string();
-    root.join("tables").join(table).join(name)
+    format!("tables/{table}/{partition}/{:020}.parquet", meta.id)
 }
 
-/// The path of a data file.
+/// The path of a new (local) data file.
 pub(crate) fn file_path(root: &Path, table: &str, meta: &FileMeta) -> PathBuf {
-    partition_dir(root, table, meta.partition).join(format!("{:020}.parquet", meta.id))
+    root.join(file_key(table, meta))
+}
+
+/// Where a cold file is kept while cached.
+pub(crate) fn cache_path(root: &Path, id: u64) -> PathBuf {
+    root.join("cache").join(format!("{id:020}.parquet"))
 }
 
 impl Catalog {
@@ -142,6 +203,7 @@ impl Catalog {
                         next_seq: 1,
                         wal_floor: 0,
                         tables: BTreeMap::new(),
+                        cold_url: None,
                     },
                     Schemas::default(),
                 ));
@@ -155,14 +217,35 @@ impl Catalog {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, why),
             )
         };
-        let payload = FORMAT.payload(&bytes).map_err(bad)?;
-        let data: CatalogData =
-            postcard::from_bytes(payload).map_err(|e| bad(format!("undecodable catalog: {e}")))?;
+        let (version, payload) = FORMAT.payload_since(&bytes, 1).map_err(bad)?;
+        let undecodable = |e: postcard::Error| bad(format!("undecodable catalog: {e}"));
+        let (data, tiers): (CatalogData, Tiers) = if version == 1 {
+            let v1: CatalogData<FileMetaV1> = postcard::from_bytes(payload).map_err(undecodable)?;
+            let data = CatalogData {
+                next_file_id: v1.next_file_id,
+                next_seq: v1.next_seq,
+                wal_floor: v1.wal_floor,
+                tables: v1
+                    .tables
+                    .into_iter()
+                    .map(|t| TableEntry {
+                        name: t.name,
+                        schema: t.schema,
+                        files: t.files.into_iter().map(FileMeta::from).collect(),
+                        high_water: t.high_water,
+                    })
+                    .collect(),
+            };
+            (data, Tiers { cold_url: None })
+        } else {
+            postcard::from_bytes(payload).map_err(undecodable)?
+        };
         let mut catalog = Self {
             next_file_id: data.next_file_id,
             next_seq: data.next_seq,
             wal_floor: data.wal_floor,
             tables: BTreeMap::new(),
+            cold_url: tiers.cold_url,
         };
         let mut schemas = Schemas::default();
         for t in data.tables {
@@ -170,10 +253,7 @@ impl Catalog {
             let files = t
                 .files
                 .into_iter()
-                .map(|m| {
-                    let p = file_path(root, name.as_str(), &m);
-                    Arc::new(DataFile::new(m, p))
-                })
+                .map(|m| Arc::new(DataFile::at(root, name.as_str(), m)))
                 .collect();
             let high_water = t
                 .high_water
@@ -221,7 +301,10 @@ impl Catalog {
                 })
                 .collect(),
         };
-        FORMAT.write(root, FILE_NAME, &data)
+        let tiers = Tiers {
+            cold_url: self.cold_url.clone(),
+        };
+        FORMAT.write(root, FILE_NAME, &(data, tiers))
     }
 
     /// The times each table's files span (see [`crate::latest::Coverage`]).
@@ -238,7 +321,8 @@ impl Catalog {
         let named: std::collections::HashSet<&Path> = self
             .tables
             .values()
-            .flat_map(|t| t.files.iter().map(|f| f.path.as_path()))
+            .flat_map(|t| t.files.iter().filter(|f| !f.meta.cold))
+            .map(|f| f.path.as_path())
             .collect();
         let mut removed = 0;
         let tables = root.join("tables");

@@ -60,6 +60,22 @@ pub enum StoreError {
         /// The table it summarises.
         source_table: String,
     },
+    /// An object-storage call of the cold tier failed (retried by the next maintenance pass
+    /// or query).
+    #[error("{action} {key} in the cold tier ({url}): {reason}")]
+    Cold {
+        /// What was being done.
+        action: &'static str,
+        /// The object key.
+        key: String,
+        /// The object store (`store.cold_url`).
+        url: String,
+        /// What the object store said.
+        reason: String,
+    },
+    /// The cold tier is configured in a way the store cannot open.
+    #[error("store.cold_url: {0}")]
+    ColdConfig(String),
     /// A WAL record could not be encoded (a bug).
     #[error("encoding a WAL record: {0}")]
     Encode(String),
@@ -84,6 +100,8 @@ impl Classify for StoreError {
             | StoreError::Full { .. }
             | StoreError::OverBudget { .. }
             | StoreError::FlushPending => ErrorKind::Unavailable,
+            StoreError::Cold { .. } => ErrorKind::Unavailable,
+            StoreError::ColdConfig(_) => ErrorKind::InvalidInput,
             StoreError::Failed
             | StoreError::Io { .. }
             | StoreError::Encode(_)

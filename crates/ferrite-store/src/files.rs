@@ -234,7 +234,7 @@ fn from_decimals(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::Arrow
 
 /// Create `dir` and any missing parents, fsyncing each parent whose entries changed so the
 /// new folders survive a crash.
-fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), StoreError> {
     if dir.is_dir() {
         return Ok(());
     }

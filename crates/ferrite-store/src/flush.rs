@@ -261,6 +261,7 @@ fn write_rollups(
             frozen: table,
             high_water_before: frozen.high_water_before.get(name),
             files,
+            tier: &shared.cold,
             retained_from,
             rollups: specs
                 .iter()
@@ -335,10 +336,11 @@ fn write_file(
         rows: rows.len() as u64,
         bytes: 0,
         late,
+        cold: false,
     };
     let path = file_path(&shared.dir, table.as_str(), &meta);
     meta.bytes = files::write(&path, arrow, schema.tag_keys.len(), &batches)?;
-    Ok(Arc::new(DataFile::new(meta, path)))
+    Ok(Arc::new(DataFile::at(&shared.dir, table.as_str(), meta)))
 }
 
 fn remove_files(paths: impl Iterator<Item = PathBuf>) {
@@ -376,7 +378,12 @@ pub(crate) fn maintain(shared: &Shared) -> Result<usize, StoreError> {
         compact(shared, &table, &inputs)?;
         compactions += 1;
     }
+    // Compaction first: a partition goes cold in as few files as it can.
+    let tiered = tier(shared);
+    let budget = enforce_budget(shared);
     sweep_graveyard(shared);
+    tiered?;
+    budget?;
     Ok(compactions)
 }
 
@@ -439,7 +446,7 @@ fn retention(shared: &Shared) -> Result<(), StoreError> {
         files = dropped.len(),
         "retention dropped partitions"
     );
-    retire(shared, dropped.into_iter().map(|(_, f)| f));
+    retire_files(shared, dropped.into_iter().map(|(_, f)| f));
     Ok(())
 }
 
@@ -535,7 +542,7 @@ fn compact(
     sorted.sort_by_key(|f| f.meta.seq);
     let mut merged = Table::default();
     for f in &sorted {
-        for batch in files::read(&f.path)? {
+        for batch in shared.cold.read(f)? {
             merged
                 .insert_batch(&schema, &batch)
                 .map_err(|e| StoreError::Encode(e.to_string()))?;
@@ -566,29 +573,276 @@ fn compact(
     }
     shared.counters.compactions.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(table = %table, inputs = inputs.len(), rows = output.meta.rows, "compacted");
-    retire(shared, inputs.iter().cloned());
+    retire_files(shared, inputs.iter().cloned());
     Ok(())
 }
 
-fn retire(shared: &Shared, files: impl Iterator<Item = Arc<DataFile>>) {
+/// A file dropped from the catalog, to delete once `store.file_grace` has passed.
+pub(crate) enum Retired {
+    /// A local file (or the local copy of a file that went cold).
+    Local(PathBuf),
+    /// A cold file: its object and cached copy.
+    Cold { id: u64, key: String },
+}
+
+impl Retired {
+    fn of(f: &DataFile) -> Self {
+        if f.meta.cold {
+            Self::Cold {
+                id: f.meta.id,
+                key: f.key.clone(),
+            }
+        } else {
+            Self::Local(f.path.clone())
+        }
+    }
+}
+
+fn retire(shared: &Shared, files: impl Iterator<Item = Retired>) {
     let now = Instant::now();
     shared
         .graveyard
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .extend(files.map(|f| (now, f.path.clone())));
+        .extend(files.map(|f| (now, f)));
+}
+
+fn retire_files(shared: &Shared, files: impl Iterator<Item = Arc<DataFile>>) {
+    retire(shared, files.map(|f| Retired::of(&f)));
 }
 
 fn sweep_graveyard(shared: &Shared) {
     let grace = shared.config.file_grace;
-    let due: Vec<PathBuf> = {
+    let due: Vec<Retired> = {
         let mut g = shared
             .graveyard
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let (due, keep): (Vec<_>, Vec<_>) = g.drain(..).partition(|(t, _)| t.elapsed() >= grace);
         *g = keep;
-        due.into_iter().map(|(_, p)| p).collect()
+        due.into_iter().map(|(_, r)| r).collect()
     };
-    remove_files(due.into_iter());
+    for r in due {
+        match r {
+            Retired::Local(path) => remove_files(std::iter::once(path)),
+            Retired::Cold { id, key } => {
+                // Left behind on failure: the next open deletes objects the catalog lacks.
+                if let Err(e) = shared.cold.delete(id, &key) {
+                    tracing::warn!(error = %e, "could not delete a retired cold file");
+                }
+            }
+        }
+    }
+}
+
+/// Move the files of partitions past their table's `cold_after` to the cold tier: upload,
+/// commit a catalog that marks them cold, retire the local copies. Returns how many moved.
+fn tier(shared: &Shared) -> Result<usize, StoreError> {
+    /// Files uploaded per catalog commit.
+    const BATCH: usize = 32;
+    if !shared.cold.enabled() || !shared.config.tiering() {
+        return Ok(0);
+    }
+    let partition_ns = shared.config.partition_ns();
+    let now = now_ns();
+    let due: Vec<(Measurement, Arc<DataFile>)> = {
+        let state = shared.read();
+        state
+            .catalog
+            .tables
+            .iter()
+            .filter_map(|(name, t)| {
+                let after = shared.config.cold_after_of(name.as_str())?;
+                let cutoff =
+                    now.saturating_sub(i64::try_from(after.as_nanos()).unwrap_or(i64::MAX));
+                Some(
+                    t.files
+                        .iter()
+                        .filter(move |f| {
+                            !f.meta.cold && f.meta.partition.saturating_add(partition_ns) <= cutoff
+                        })
+                        .map(move |f| (name.clone(), Arc::clone(f))),
+                )
+            })
+            .flatten()
+            .collect()
+    };
+    let mut moved = 0;
+    for batch in due.chunks(BATCH) {
+        let mut uploaded = Vec::with_capacity(batch.len());
+        let mut failed = None;
+        for (name, f) in batch {
+            match shared.cold.upload(&f.path, &f.key) {
+                Ok(()) => uploaded.push((name, f)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        moved += commit_cold(shared, &uploaded)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    if moved > 0 {
+        tracing::info!(files = moved, "moved files to the cold tier");
+    }
+    Ok(moved)
+}
+
+/// Mark `uploaded` cold in the catalog (those still in it) and retire their local copies;
+/// objects of files the catalog dropped meanwhile are deleted again.
+fn commit_cold(
+    shared: &Shared,
+    uploaded: &[(&Measurement, &Arc<DataFile>)],
+) -> Result<usize, StoreError> {
+    if uploaded.is_empty() {
+        return Ok(0);
+    }
+    let mut state = shared.write();
+    let before: Vec<(Measurement, Vec<Arc<DataFile>>)> = uploaded
+        .iter()
+        .filter_map(|(name, _)| {
+            Some((
+                (*name).clone(),
+                state.catalog.tables.get(*name)?.files.clone(),
+            ))
+        })
+        .collect();
+    let old_url = state.catalog.cold_url.clone();
+    let mut swapped = Vec::new();
+    let mut gone = Vec::new();
+    for (name, f) in uploaded {
+        let slot = state
+            .catalog
+            .tables
+            .get_mut(*name)
+            .and_then(|t| t.files.iter_mut().find(|x| Arc::ptr_eq(x, f)));
+        match slot {
+            Some(slot) => {
+                let meta = FileMeta {
+                    cold: true,
+                    ..f.meta.clone()
+                };
+                *slot = Arc::new(DataFile::at(&shared.dir, name.as_str(), meta));
+                swapped.push(Arc::clone(f));
+            }
+            None => gone.push((f.meta.id, f.key.clone())),
+        }
+    }
+    if !swapped.is_empty() {
+        state.catalog.cold_url = Some(shared.config.cold_url.clone());
+        if let Err(e) = state.catalog.save(&shared.dir, &state.schemas) {
+            for (name, files) in before {
+                if let Some(t) = state.catalog.tables.get_mut(&name) {
+                    t.files = files;
+                }
+            }
+            state.catalog.cold_url = old_url;
+            drop(state);
+            for f in &swapped {
+                gone.push((f.meta.id, f.key.clone()));
+            }
+            delete_objects(shared, &gone);
+            return Err(e);
+        }
+    }
+    drop(state);
+    delete_objects(shared, &gone);
+    let n = swapped.len();
+    retire(
+        shared,
+        swapped.into_iter().map(|f| Retired::Local(f.path.clone())),
+    );
+    Ok(n)
+}
+
+fn delete_objects(shared: &Shared, objects: &[(u64, String)]) {
+    for (id, key) in objects {
+        if let Err(e) = shared.cold.delete(*id, key) {
+            tracing::warn!(error = %e, "could not delete an object the catalog does not name");
+        }
+    }
+}
+
+/// With `when_full = "evict_oldest"`: while the data files take more than `store.max_bytes`,
+/// delete the oldest partition (of any table, never the newest of its table). Sets
+/// `over_budget` when they still do not fit, so the writer refuses writes meanwhile.
+fn enforce_budget(shared: &Shared) -> Result<(), StoreError> {
+    let max = shared.config.max_bytes;
+    if max == 0 || shared.config.when_full != crate::WhenFull::EvictOldest {
+        return Ok(());
+    }
+    let mut state = shared.write();
+    let mut used: u64 = state
+        .catalog
+        .tables
+        .values()
+        .flat_map(|t| t.files.iter())
+        .map(|f| f.meta.bytes)
+        .sum();
+    if used <= max {
+        shared.over_budget.store(false, Ordering::Release);
+        return Ok(());
+    }
+    // (partition start, table) → its files, oldest first; each table's newest kept.
+    let mut partitions: BTreeMap<(i64, Measurement), Vec<Arc<DataFile>>> = BTreeMap::new();
+    for (name, t) in &state.catalog.tables {
+        let newest = t.files.iter().map(|f| f.meta.partition).max();
+        for f in &t.files {
+            if Some(f.meta.partition) != newest {
+                partitions
+                    .entry((f.meta.partition, name.clone()))
+                    .or_default()
+                    .push(Arc::clone(f));
+            }
+        }
+    }
+    let mut evicted = Vec::new();
+    for ((partition, name), files) in partitions {
+        if used <= max {
+            break;
+        }
+        used -= files.iter().map(|f| f.meta.bytes).sum::<u64>();
+        evicted.push((partition, name, files));
+    }
+    let before: BTreeMap<Measurement, Vec<Arc<DataFile>>> = state
+        .catalog
+        .tables
+        .iter()
+        .map(|(n, t)| (n.clone(), t.files.clone()))
+        .collect();
+    for (_, name, files) in &evicted {
+        if let Some(t) = state.catalog.tables.get_mut(name) {
+            t.files.retain(|f| !files.iter().any(|x| Arc::ptr_eq(f, x)));
+        }
+    }
+    if !evicted.is_empty()
+        && let Err(e) = state.catalog.save(&shared.dir, &state.schemas)
+    {
+        for (name, files) in before {
+            if let Some(t) = state.catalog.tables.get_mut(&name) {
+                t.files = files;
+            }
+        }
+        return Err(e);
+    }
+    shared.over_budget.store(used > max, Ordering::Release);
+    drop(state);
+    if !evicted.is_empty() {
+        shared
+            .counters
+            .partitions_evicted
+            .fetch_add(evicted.len() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            partitions = evicted.len(),
+            oldest = %ferrite_core::Timestamp::from_nanos(evicted[0].0),
+            bytes_now = used,
+            max_bytes = max,
+            "deleted the oldest partitions to fit store.max_bytes (when_full = evict_oldest)"
+        );
+    }
+    retire_files(shared, evicted.into_iter().flat_map(|(_, _, f)| f));
+    Ok(())
 }

@@ -59,14 +59,29 @@ impl Format {
     /// The payload of a file's `bytes`, once magic, version, length and checksum are right;
     /// otherwise why not.
     pub(crate) fn payload<'a>(&self, bytes: &'a [u8]) -> Result<&'a [u8], String> {
+        self.payload_since(bytes, self.version).map(|(_, p)| p)
+    }
+
+    /// The format version and payload of a file written in any version from `oldest` to
+    /// this one, once magic, length and checksum are right; otherwise why not.
+    pub(crate) fn payload_since<'a>(
+        &self,
+        bytes: &'a [u8],
+        oldest: u16,
+    ) -> Result<(u16, &'a [u8]), String> {
         if bytes.len() < HEADER_LEN || &bytes[..4] != self.magic {
             return Err(format!("not a Ferrite {}", self.what));
         }
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != self.version {
+        if !(oldest..=self.version).contains(&version) {
+            let reads = if oldest == self.version {
+                self.version.to_string()
+            } else {
+                format!("{oldest} to {}", self.version)
+            };
             return Err(format!(
-                "{} format version {version} is not supported (this build reads {})",
-                self.what, self.version
+                "{} format version {version} is not supported (this build reads {reads})",
+                self.what
             ));
         }
         let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
@@ -74,6 +89,7 @@ impl Format {
         bytes
             .get(HEADER_LEN..HEADER_LEN.saturating_add(len))
             .filter(|p| crc32fast::hash(p) == crc)
+            .map(|p| (version, p))
             .ok_or_else(|| format!("the {} is damaged (length or checksum)", self.what))
     }
 }

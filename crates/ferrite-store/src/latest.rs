@@ -38,7 +38,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, DataFile};
 use crate::error::StoreError;
-use crate::files;
 use crate::framed::Format;
 use crate::memtable::{Fields, SeriesKey, Table};
 use crate::schema::Schemas;
@@ -183,10 +182,14 @@ impl LatestIndex {
 
     /// Build the index by reading every data file, oldest flush first (so at equal times the
     /// row that wins in queries wins here too). One file's rows are in memory at a time.
-    pub(crate) fn rebuild(catalog: &Catalog, schemas: &Schemas) -> Result<Self, StoreError> {
+    pub(crate) fn rebuild(
+        catalog: &Catalog,
+        schemas: &Schemas,
+        tier: &crate::cold::Tier,
+    ) -> Result<Self, StoreError> {
         let mut index = Self::default();
         let all: Vec<Measurement> = catalog.tables.keys().cloned().collect();
-        index.rebuild_tables(catalog, schemas, &all)?;
+        index.rebuild_tables(catalog, schemas, tier, &all)?;
         Ok(index)
     }
 
@@ -195,6 +198,7 @@ impl LatestIndex {
         &mut self,
         catalog: &Catalog,
         schemas: &Schemas,
+        tier: &crate::cold::Tier,
         names: &[Measurement],
     ) -> Result<(), StoreError> {
         let index = self;
@@ -208,7 +212,7 @@ impl LatestIndex {
             files.sort_by_key(|f| f.meta.seq);
             for f in &files {
                 let mut rows = Table::default();
-                for b in files::read(&f.path)? {
+                for b in tier.read(f)? {
                     rows.insert_batch(schema, &b)
                         .map_err(|e| StoreError::Encode(e.to_string()))?;
                 }

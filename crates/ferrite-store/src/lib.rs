@@ -18,9 +18,13 @@
 //! Tables may have rollups (downsampling, module `rollup`): tables of per-series, per-bucket
 //! summaries written by each flush in the same catalog commit as the raw rows.
 //!
-//! It knows nothing of MQTT or SQL; object-storage tiering is not built yet.
+//! Partitions older than `store.cold_after` move to object storage (module `cold`) and stay
+//! in the catalog and in queries, read through a size-bounded local cache.
+//!
+//! It knows nothing of MQTT or SQL.
 
 pub mod catalog;
+mod cold;
 mod error;
 mod files;
 mod flush;
@@ -47,6 +51,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use catalog::Catalog;
 pub use catalog::{DataFile, FileMeta};
+pub use cold::Local;
 pub use error::StoreError;
 use memtable::{Memtables, SeriesKey, Table, build_batches, partition_of};
 use schema::{PendingTypes, Schemas};
@@ -64,6 +69,23 @@ pub struct TableConfig {
     /// `<table>_1h`), with count, sum, mean, min, max and last of every field per series
     /// and bucket, maintained at every flush (see `rollup`).
     pub rollups: Vec<String>,
+    /// Partitions older than this move to the cold tier; `0s` keeps them local. Overrides
+    /// `store.cold_after` for this table.
+    #[serde(with = "humantime_serde")]
+    pub cold_after: Option<Duration>,
+}
+
+/// What happens when the data files reach `store.max_bytes`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// New writes are refused as retryable; nothing stored is deleted.
+    #[default]
+    Refuse,
+    /// The oldest partitions (cold ones first, as they are the oldest) are deleted until the
+    /// files fit; the newest partition of each table is never deleted, and writes are refused
+    /// only if the files still do not fit without them.
+    EvictOldest,
 }
 
 /// Store settings (`[store]` in the config file).
@@ -105,11 +127,24 @@ pub struct StoreConfig {
     /// already reading them finish.
     #[serde(with = "humantime_serde")]
     pub file_grace: Duration,
-    /// Storage budget: most bytes the data files may take (0: no budget). At or past it new
-    /// writes are refused as retryable (MQTT 5 reason 0x97, HTTP 503) until retention frees
-    /// space or the budget is raised; nothing stored is evicted. The WAL (bounded by the
-    /// flush settings) and retired files waiting out `file_grace` come on top.
+    /// Storage budget: most bytes the data files may take, local and cold (0: no budget).
+    /// What happens at it is `when_full`. The WAL (bounded by the flush settings), retired
+    /// files waiting out `file_grace` and the cold cache come on top.
     pub max_bytes: u64,
+    /// The policy at `max_bytes`.
+    pub when_full: WhenFull,
+    /// Partitions that ended longer ago than this move to the cold tier (`cold_url`); `0s`
+    /// keeps every file local. Per table: `[store.tables.T] cold_after`.
+    #[serde(with = "humantime_serde")]
+    pub cold_after: Duration,
+    /// Where cold files go: empty for the folder `cold/` in the data folder, another folder
+    /// (`/mnt/archive`, `file:///mnt/archive`; relative to the data folder), or an
+    /// S3-compatible bucket `s3://bucket/prefix` (credentials, region and endpoint from
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
+    /// `AWS_ALLOW_HTTP`). Must not change while cold files exist.
+    pub cold_url: String,
+    /// Most bytes the local cache of cold files may take (files being read may hold more).
+    pub cold_cache_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -128,6 +163,10 @@ impl Default for StoreConfig {
             compaction_max_rows: 2_000_000,
             file_grace: Duration::from_secs(600),
             max_bytes: 0,
+            when_full: WhenFull::Refuse,
+            cold_after: Duration::ZERO,
+            cold_url: String::new(),
+            cold_cache_bytes: 1 << 30,
         }
     }
 }
@@ -161,6 +200,9 @@ impl StoreConfig {
         }
         if self.compaction_min_files < 2 {
             errs.push("store.compaction_min_files must be at least 2".to_owned());
+        }
+        if let Err(e) = cold::Backend::parse(&self.cold_url, Path::new(".")) {
+            errs.push(format!("store.cold_url: {e}"));
         }
         for (name, table) in &self.tables {
             if let Err(e) = Measurement::new(name.as_str()) {
@@ -242,6 +284,25 @@ impl StoreConfig {
         i64::try_from(self.partition.as_nanos()).unwrap_or(i64::MAX)
     }
 
+    /// The age past which `table`'s partitions go cold, if they do.
+    fn cold_after_of(&self, table: &str) -> Option<Duration> {
+        let c = self
+            .tables
+            .get(table)
+            .and_then(|t| t.cold_after)
+            .unwrap_or(self.cold_after);
+        (!c.is_zero()).then_some(c)
+    }
+
+    /// Whether any table's partitions go cold.
+    fn tiering(&self) -> bool {
+        !self.cold_after.is_zero()
+            || self
+                .tables
+                .values()
+                .any(|t| t.cold_after.is_some_and(|c| !c.is_zero()))
+    }
+
     /// The retention of `table`, if it has one.
     fn retention_of(&self, table: &str) -> Option<Duration> {
         let r = self
@@ -280,6 +341,20 @@ pub struct StoreStats {
     pub file_bytes: u64,
     /// Rows in data files (before last-write-wins between overlapping files).
     pub file_rows: u64,
+    /// Data files in the cold tier (counted in `files` too).
+    pub cold_files: usize,
+    /// Bytes of cold files (counted in `file_bytes` too).
+    pub cold_bytes: u64,
+    /// Files moved to the cold tier since start.
+    pub files_tiered: u64,
+    /// Bytes the local cache of cold files holds.
+    pub cache_bytes: u64,
+    /// Reads of a cold file served from the cache since start.
+    pub cache_hits: u64,
+    /// Reads of a cold file that fetched it from object storage since start.
+    pub cache_misses: u64,
+    /// Partitions deleted to fit `store.max_bytes` (`when_full = "evict_oldest"`) since start.
+    pub partitions_evicted: u64,
 }
 
 enum Job {
@@ -303,6 +378,7 @@ struct Counters {
     flush_errors: AtomicU64,
     compactions: AtomicU64,
     partitions_dropped: AtomicU64,
+    partitions_evicted: AtomicU64,
 }
 
 /// Memtables frozen for a flush: immutable, read by queries until their files are in the
@@ -345,7 +421,11 @@ struct Shared {
     /// The data folder's lock file, held (and the folder ours) while this lives.
     _lock: std::fs::File,
     /// Files dropped from the catalog, deleted once `file_grace` has passed.
-    graveyard: Mutex<Vec<(std::time::Instant, PathBuf)>>,
+    graveyard: Mutex<Vec<(std::time::Instant, flush::Retired)>>,
+    /// The cold tier and its cache.
+    cold: cold::Tier,
+    /// Set while `when_full = "evict_oldest"` cannot bring the files under the budget.
+    over_budget: AtomicBool,
     config: StoreConfig,
     /// Rollup tables (written only by flushes) and the table each summarises.
     derived: BTreeMap<Measurement, Measurement>,
@@ -381,14 +461,25 @@ pub struct TableSnapshot {
 pub struct TableView {
     /// The table's schema (every file and batch holds a subset of its columns).
     pub schema: SchemaRef,
-    /// Files whose time range meets the requested range.
-    pub files: Vec<Arc<DataFile>>,
+    /// Files whose time range meets the requested range, each readable at its path while
+    /// the view lives (cold ones are held in the cache).
+    pub files: Vec<ViewFile>,
     /// In-memory rows and merged partitions within the range (may hold rows outside it).
     pub batches: Vec<RecordBatch>,
     /// Partitions whose files had to be merged in memory (late data not yet compacted).
     pub merged_partitions: usize,
     /// Files the table has in all, inside the range or not (the rest were pruned by time).
     pub files_total: usize,
+}
+
+/// A data file of a [`TableView`].
+#[derive(Debug, Clone)]
+pub struct ViewFile {
+    /// What the catalog knows of it.
+    pub meta: FileMeta,
+    /// Where to read it: under `tables/`, or the cached copy of a cold file.
+    pub path: PathBuf,
+    _local: Local,
 }
 
 /// A write that was queued; await [`PendingWrite::wait`] for its durability.
@@ -427,12 +518,13 @@ impl Store {
                 "deleted data files a crash left outside the catalog"
             );
         }
+        let cold = open_tier(dir, config, &catalog)?;
         let mut latest = match latest::LatestIndex::load(dir) {
             Some(index) => index,
             None if catalog.tables.values().all(|t| t.files.is_empty()) => {
                 latest::LatestIndex::default()
             }
-            None => latest::LatestIndex::rebuild(&catalog, &schemas)?,
+            None => latest::LatestIndex::rebuild(&catalog, &schemas, &cold)?,
         };
         // Rollups merge into the index's rows of their tables, so those rows must be the
         // files' exactly: after a crash between writing the index and the catalog, the index
@@ -447,7 +539,7 @@ impl Store {
             .unwrap_or(0);
         if latest.flush_seq > flushed {
             let names: Vec<Measurement> = derived.keys().cloned().collect();
-            latest.rebuild_tables(&catalog, &schemas, &names)?;
+            latest.rebuild_tables(&catalog, &schemas, &cold, &names)?;
         }
         latest.flush_seq = flushed;
         latest.retain_covered(&catalog.coverage());
@@ -472,6 +564,8 @@ impl Store {
             maintenance: Mutex::new(()),
             _lock: lock,
             graveyard: Mutex::new(Vec::new()),
+            cold,
+            over_budget: AtomicBool::new(false),
             config: config.clone(),
             derived,
             rollups: config
@@ -666,7 +760,7 @@ impl Store {
             dirty_files.sort_by_key(|f| f.meta.seq);
             let merge = (|| {
                 for f in &dirty_files {
-                    for b in files::read(&f.path)? {
+                    for b in self.shared.cold.read(f)? {
                         merged
                             .insert_batch(&schema, &b)
                             .map_err(|e| StoreError::Encode(e.to_string()))?;
@@ -690,6 +784,21 @@ impl Store {
                 Err(e) => return Some(Err(e)),
             }
         }
+        let clean_files = clean_files
+            .iter()
+            .map(|f| {
+                let local = self.shared.cold.local(f)?;
+                Ok(ViewFile {
+                    meta: f.meta.clone(),
+                    path: local.path.clone(),
+                    _local: local,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>();
+        let clean_files = match clean_files {
+            Ok(f) => f,
+            Err(e) => return Some(Err(e)),
+        };
         Some(Ok(TableView {
             schema: arrow,
             files: clean_files,
@@ -791,12 +900,17 @@ impl Store {
         let c = &self.shared.counters;
         let state = self.shared.read();
         let files = state.catalog.tables.values().flat_map(|t| t.files.iter());
-        let (mut n, mut bytes, mut rows) = (0, 0, 0);
+        let (mut n, mut bytes, mut rows, mut cold_files, mut cold_bytes) = (0, 0, 0, 0, 0);
         for f in files {
             n += 1;
             bytes += f.meta.bytes;
             rows += f.meta.rows;
+            if f.meta.cold {
+                cold_files += 1;
+                cold_bytes += f.meta.bytes;
+            }
         }
+        let tier = &self.shared.cold.counters;
         StoreStats {
             writes: c.writes.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
@@ -810,6 +924,13 @@ impl Store {
             files: n,
             file_bytes: bytes,
             file_rows: rows,
+            cold_files,
+            cold_bytes,
+            files_tiered: tier.uploaded.load(Ordering::Relaxed),
+            cache_bytes: self.shared.cold.cache_bytes(),
+            cache_hits: tier.hits.load(Ordering::Relaxed),
+            cache_misses: tier.misses.load(Ordering::Relaxed),
+            partitions_evicted: c.partitions_evicted.load(Ordering::Relaxed),
         }
     }
 
@@ -853,6 +974,55 @@ impl Drop for Store {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
     }
+}
+
+/// Open the cold tier: with its object store when tiering is configured or the catalog names
+/// cold files (which must be where the catalog says); index the cache; delete objects the
+/// catalog does not name (logged, not fatal, when the object store cannot be reached).
+fn open_tier(
+    dir: &Path,
+    config: &StoreConfig,
+    catalog: &Catalog,
+) -> Result<cold::Tier, StoreError> {
+    let cold: HashMap<u64, u64> = catalog
+        .tables
+        .values()
+        .flat_map(|t| t.files.iter())
+        .filter(|f| f.meta.cold)
+        .map(|f| (f.meta.id, f.meta.bytes))
+        .collect();
+    if !cold.is_empty() {
+        let recorded = catalog.cold_url.clone().unwrap_or_default();
+        if recorded != config.cold_url {
+            return Err(StoreError::ColdConfig(format!(
+                "{} cold files are in {recorded:?} but store.cold_url is {:?}: set it back, or \
+                 move the objects there first",
+                cold.len(),
+                config.cold_url
+            )));
+        }
+    }
+    let url = (config.tiering() || !cold.is_empty()).then_some(config.cold_url.as_str());
+    let tier = cold::Tier::open(dir, url, config.cold_cache_bytes)?;
+    tier.load_cache(&cold)?;
+    if tier.enabled() {
+        let named: std::collections::HashSet<&str> = catalog
+            .tables
+            .values()
+            .flat_map(|t| t.files.iter())
+            .filter(|f| f.meta.cold)
+            .map(|f| f.key.as_str())
+            .collect();
+        match tier.remove_orphans(&named) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                objects = n,
+                "deleted cold-tier objects a crash left outside the catalog"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not list the cold tier for leftovers"),
+        }
+    }
+    Ok(tier)
 }
 
 /// Take the data folder's lock so a second process (or store) cannot open it at once.
@@ -970,8 +1140,12 @@ fn run_writer(
             } else {
                 0
             };
+            let refuse_over_budget = match config.when_full {
+                WhenFull::Refuse => true,
+                WhenFull::EvictOldest => shared.over_budget.load(Ordering::Acquire),
+            };
             for r in group.drain(..) {
-                if config.max_bytes > 0 && used >= config.max_bytes {
+                if config.max_bytes > 0 && used >= config.max_bytes && refuse_over_budget {
                     counters.rejected.fetch_add(1, Ordering::Relaxed);
                     let _ = r.done.send(Err(StoreError::OverBudget {
                         used,

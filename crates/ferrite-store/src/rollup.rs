@@ -44,7 +44,6 @@ use ferrite_core::{Measurement, Value, ValueType};
 
 use crate::catalog::DataFile;
 use crate::error::StoreError;
-use crate::files;
 use crate::memtable::{Fields, SeriesKey, Table};
 use crate::schema::TableSchema;
 
@@ -267,6 +266,8 @@ pub(crate) struct Input<'a> {
     pub(crate) high_water_before: Option<&'a std::collections::HashMap<SeriesKey, i64>>,
     /// The raw table's data files in the catalog (not this flush's).
     pub(crate) files: Vec<std::sync::Arc<DataFile>>,
+    /// Reads them, wherever they are.
+    pub(crate) tier: &'a crate::cold::Tier,
     /// Raw rows before this time are gone (retention): their buckets are left alone.
     pub(crate) retained_from: i64,
     /// The rollups and, for each, the latest row of every series of the rollup table.
@@ -380,7 +381,7 @@ fn recompute(
     for f in files {
         // One file's rows at a time; only the series and times the late rows touch stay.
         let mut rows = Table::default();
-        for b in files::read(&f.path)? {
+        for b in input.tier.read(f)? {
             rows.insert_batch(input.raw, &b)
                 .map_err(|e| StoreError::Encode(e.to_string()))?;
         }
