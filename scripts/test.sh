@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, for a fresh machine with only the Rust toolchain and apt:
 # installs what the tests need, then format check, clippy (-D warnings), every test,
-# doc tests, and the README's user path with real MQTT clients (scripts/smoke.sh).
+# doc tests, the README's user path with real MQTT clients (scripts/smoke.sh), and the cold
+# tier on an S3-compatible bucket (scripts/smoke_cold.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
 # pyarrow, the smoke test's second Parquet reader for exports and the store's data files.
 python3 -c 'import pyarrow.parquet' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check 'pyarrow>=15'
+# moto's S3 server, the S3-compatible bucket of the cold-tier smoke test (scripts/smoke_cold.sh).
+command -v moto_server >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5,<6'
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -33,3 +36,5 @@ echo "== doc tests"
 cargo test --workspace --doc --quiet
 echo "== smoke: the README's user path"
 scripts/smoke.sh
+echo "== smoke: the cold tier on an S3-compatible bucket"
+scripts/smoke_cold.sh

@@ -322,7 +322,7 @@ fn section<T: serde::de::DeserializeOwned>(
 
 /// Settings of one store table (`[store.tables.NAME]`, `ferrite_store::TableConfig`): the
 /// defaults name no table, so these keys are known by their shape.
-const TABLE_SETTINGS: [&str; 2] = ["retention", "rollups"];
+const TABLE_SETTINGS: [&str; 3] = ["retention", "rollups", "cold_after"];
 
 /// Whether `key` is `store.tables.NAME.SETTING` (rollups are a list, so a flattened key ends
 /// at the setting).
@@ -518,7 +518,7 @@ mod tests {
         std::fs::write(
             &file,
             "[store.tables.readings]\nretention = \"30days\"\nrollups = [\"1m\", \"1h\"]\n\
-             [store.tables.readings_1h]\nretention = \"3650days\"\n",
+             [store.tables.readings_1h]\nretention = \"3650days\"\ncold_after = \"90days\"\n",
         )
         .unwrap();
         let (c, _) = load(&ConfigSources {
@@ -536,6 +536,10 @@ mod tests {
             c.store.tables["readings_1h"].retention,
             Some(std::time::Duration::from_secs(3650 * 86_400))
         );
+        assert_eq!(
+            c.store.tables["readings_1h"].cold_after,
+            Some(std::time::Duration::from_secs(90 * 86_400))
+        );
         // A misspelt setting, and an interval that does not divide the partition, are errors.
         for (text, needle) in [
             (
@@ -545,6 +549,14 @@ mod tests {
             (
                 "[store.tables.readings]\nrollups = [\"7m\"]\n",
                 "store.tables.readings.rollups: \"7m\" must be whole seconds that divide",
+            ),
+            (
+                "[store]\ncold_url = \"gs://bucket\"\n",
+                "store.cold_url: \"gs://bucket\": expected a folder",
+            ),
+            (
+                "[store]\nwhen_full = \"drop_everything\"\n",
+                "drop_everything",
             ),
         ] {
             std::fs::write(&file, text).unwrap();

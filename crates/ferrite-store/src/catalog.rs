@@ -73,7 +73,7 @@ pub struct FileMeta {
 }
 
 /// `FileMeta` as catalog version 1 wrote it (no tiers).
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct FileMetaV1 {
     id: u64,
     seq: u64,
@@ -365,4 +365,63 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io("fsyncing", dir, e))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_catalog_is_read_with_every_file_local_and_rewritten_as_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = CatalogData {
+            next_file_id: 8,
+            next_seq: 5,
+            wal_floor: 3,
+            tables: vec![TableEntry {
+                name: "readings".to_owned(),
+                schema: TableSchema::default(),
+                files: vec![FileMetaV1 {
+                    id: 7,
+                    seq: 4,
+                    partition: 0,
+                    min_time: 10,
+                    max_time: 20,
+                    rows: 2,
+                    bytes: 999,
+                    late: false,
+                }],
+                high_water: vec![(vec![("device_id".to_owned(), "d1".to_owned())], 20)],
+            }],
+        };
+        let old = Format {
+            version: 1,
+            ..FORMAT
+        };
+        old.write(dir.path(), FILE_NAME, &v1).unwrap();
+        let (catalog, schemas) = Catalog::load(dir.path()).unwrap();
+        let check = |catalog: &Catalog| {
+            assert_eq!(
+                (catalog.next_file_id, catalog.next_seq, catalog.wal_floor),
+                (8, 5, 3)
+            );
+            assert_eq!(catalog.cold_url, None);
+            let t = &catalog.tables[&Measurement::new("readings").unwrap()];
+            assert_eq!(t.files.len(), 1);
+            let f = &t.files[0];
+            assert_eq!((f.meta.id, f.meta.bytes, f.meta.cold), (7, 999, false));
+            assert_eq!(
+                f.key,
+                "tables/readings/19700101T000000Z/00000000000000000007.parquet"
+            );
+            assert_eq!(f.path, dir.path().join(&f.key));
+            assert_eq!(t.high_water.len(), 1);
+        };
+        check(&catalog);
+        catalog.save(dir.path(), &schemas).unwrap();
+        let bytes = fs::read(dir.path().join(FILE_NAME)).unwrap();
+        assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 2);
+        check(&Catalog::load(dir.path()).unwrap().0);
+    }
 }

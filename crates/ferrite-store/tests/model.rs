@@ -29,7 +29,7 @@ enum Op {
     Crash { garbage: Vec<u8>, lose_index: bool },
     /// Flush the memtables into files.
     Flush,
-    /// Compact and apply retention.
+    /// Compact, apply retention, move old partitions to the cold tier.
     Maintain,
     /// Check the reader's view of a time range (in steps of 30 s).
     View { lo: i64, hi: i64 },
@@ -199,6 +199,10 @@ proptest! {
             partition: std::time::Duration::from_secs(60),
             compaction_min_files: 2,
             file_grace: std::time::Duration::ZERO,
+            // Model times are in 1970: every maintenance moves the partitions to the cold
+            // tier, read back through a cache of a few files.
+            cold_after: std::time::Duration::from_secs(1),
+            cold_cache_bytes: 8 << 10,
             tables: BTreeMap::from([(
                 "m".to_owned(),
                 ferrite_store::TableConfig {
@@ -246,7 +250,10 @@ proptest! {
                     prop_assert_eq!(rollup_contents(s, "m_1m"), rollup_of(&model, 2 * STEP));
                 }
                 Op::Maintain => {
-                    store.as_ref().unwrap().maintain().unwrap();
+                    let s = store.as_ref().unwrap();
+                    s.maintain().unwrap();
+                    let stats = s.stats();
+                    prop_assert_eq!(stats.cold_files, stats.files, "every partition is past cold_after");
                 }
                 Op::View { lo, hi } => {
                     let (lo, hi) = (lo * STEP, hi * STEP);
