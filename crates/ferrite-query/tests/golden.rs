@@ -334,9 +334,25 @@ async fn golden_queries_give_the_same_answers_in_every_tier() {
     let store = open(tiered.path());
     failures.extend(check("reopened", &store, &cases).await);
 
+    // Every partition in the cold tier, read back through a cache of a few kilobytes.
+    let store = Arc::into_inner(store).unwrap();
+    store.close();
+    drop(store);
+    let cold_config = StoreConfig {
+        cold_after: std::time::Duration::from_secs(86_400),
+        cold_cache_bytes: 4 << 10,
+        ..config()
+    };
+    let store = Arc::new(Store::open(tiered.path(), &cold_config).unwrap().0);
+    store.maintain().unwrap();
+    let stats = store.stats();
+    assert!(stats.cold_files > 0 && stats.cold_files == stats.files, "{stats:?}");
+    failures.extend(check("cold", &store, &cases).await);
+    assert!(store.stats().cache_misses > 0);
+
     assert!(
         failures.is_empty(),
-        "{} golden case(s) failed of {} cases × 4 tiers:\n\n{}",
+        "{} golden case(s) failed of {} cases × 5 tiers:\n\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
