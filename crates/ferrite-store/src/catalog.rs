@@ -28,7 +28,7 @@
 //! only partitions with a late file (or late rows in memory) need merging when read, and
 //! compaction merges them away.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::framed::Format;
-use crate::memtable::SeriesKey;
+use crate::memtable::SeriesMap;
 use crate::schema::{Schemas, TableSchema};
 
 const FORMAT: Format = Format {
@@ -132,7 +132,7 @@ impl DataFile {
 pub(crate) struct TableFiles {
     pub(crate) files: Vec<Arc<DataFile>>,
     /// Latest time of each series that reached a file (or a flush in progress).
-    pub(crate) high_water: HashMap<SeriesKey, i64>,
+    pub(crate) high_water: SeriesMap<i64>,
 }
 
 /// The catalog in memory.

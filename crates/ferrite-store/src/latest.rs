@@ -28,7 +28,7 @@
 //!
 //! Written and replaced atomically like the catalog (`framed`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::{Catalog, DataFile};
 use crate::error::StoreError;
 use crate::framed::Format;
-use crate::memtable::{Fields, SeriesKey, Table};
+use crate::memtable::{Fields, SeriesMap, Table};
 use crate::schema::Schemas;
 
 const FORMAT: Format = Format {
@@ -55,7 +55,7 @@ pub(crate) type LatestRow = Arc<(i64, Fields)>;
 /// The latest row of every series whose rows reached a data file, per table.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LatestIndex {
-    pub(crate) tables: BTreeMap<Measurement, HashMap<SeriesKey, LatestRow>>,
+    pub(crate) tables: BTreeMap<Measurement, SeriesMap<LatestRow>>,
     /// Sequence of the flush whose files this index includes.
     pub(crate) flush_seq: u64,
 }

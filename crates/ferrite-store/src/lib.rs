@@ -365,6 +365,8 @@ enum Job {
 
 struct WriteRequest {
     points: Vec<Point>,
+    /// The points as one WAL record (`wal::encode`), made by the submitter.
+    frame: Vec<u8>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -390,7 +392,7 @@ struct Frozen {
     /// First WAL segment not covered by these memtables.
     wal_floor: u64,
     /// Per table, the high-water mark each series had before this freeze (absent: none).
-    high_water_before: BTreeMap<Measurement, HashMap<SeriesKey, i64>>,
+    high_water_before: BTreeMap<Measurement, memtable::SeriesMap<i64>>,
 }
 
 /// Everything readers and the writer share, under one lock.
@@ -629,8 +631,15 @@ impl Store {
     /// Queue `points` as one write (all stored or none). Waits while the queue is full.
     pub async fn submit(&self, points: Vec<Point>) -> Result<PendingWrite, StoreError> {
         let tx = self.sender()?;
+        // Encoded here, on the submitter's thread, so encoding runs on as many cores as
+        // there are writers; the log's one writer thread only copies the bytes.
+        let frame = wal::encode(&points)?;
         let (done, rx) = oneshot::channel();
-        tx.send(Job::Write(WriteRequest { points, done }))
+        tx.send(Job::Write(WriteRequest {
+            points,
+            frame,
+            done,
+        }))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         Ok(PendingWrite(rx))
@@ -1189,11 +1198,11 @@ fn run_writer(
             let mut records = Vec::with_capacity(accepted.len());
             let mut dones = Vec::with_capacity(accepted.len());
             for r in accepted {
-                records.push(wal::WalRecord { points: r.points });
+                wal.append(&r.frame);
+                records.push(r.points);
                 dones.push(r.done);
             }
-            let appended = records.iter().try_for_each(|rec| wal.append(rec));
-            match appended.and_then(|()| wal.commit()) {
+            match wal.commit() {
                 Ok(bytes) => {
                     counters.commits.fetch_add(1, Ordering::Relaxed);
                     counters
@@ -1210,8 +1219,8 @@ fn run_writer(
                             catalog,
                             ..
                         } = &mut *state;
-                        for rec in records {
-                            for p in rec.points {
+                        for points in records {
+                            for p in points {
                                 admit(schemas, catalog, active, p, partition_ns);
                             }
                         }
@@ -1298,7 +1307,7 @@ fn freeze(
     let mut high_water_before = BTreeMap::new();
     for (name, table) in &mem.tables {
         let files = state.catalog.tables.entry(name.clone()).or_default();
-        let mut before = HashMap::new();
+        let mut before = memtable::SeriesMap::default();
         for (series, max) in table.series_max() {
             let hw = files
                 .high_water

@@ -25,6 +25,9 @@ const BATCH_ROWS: usize = 8192;
 
 /// A series: its tags in key order.
 pub(crate) type SeriesKey = Arc<BTreeMap<String, String>>;
+/// A map keyed by series, with a fast hasher (series keys are not attacker-chosen in a way
+/// that matters: a device can only make its own series slow).
+pub(crate) type SeriesMap<V> = HashMap<SeriesKey, V, foldhash::fast::RandomState>;
 /// A row's field values by name.
 pub(crate) type Fields = BTreeMap<String, Value>;
 /// A borrowed row: series, time, fields.
@@ -43,7 +46,7 @@ pub(crate) fn partition_of(time: i64, partition_ns: i64) -> i64 {
 #[derive(Default)]
 pub(crate) struct Table {
     /// Each series (interned: its rows share the tag map) and its rows by time.
-    series: HashMap<SeriesKey, BTreeMap<i64, Fields>>,
+    series: SeriesMap<BTreeMap<i64, Fields>>,
     /// Partitions holding rows at or before their series' flushed high-water mark: such a row
     /// may replace one already in a file, so reads of those partitions must merge.
     late_partitions: BTreeSet<i64>,
@@ -279,7 +282,10 @@ impl Memtables {
     /// Insert a point whose schema was admitted; `late` is the partition if the point may
     /// replace a row already in a file.
     pub(crate) fn insert(&mut self, p: Point, late: Option<i64>) {
-        let table = self.tables.entry(p.measurement).or_default();
+        let table = match self.tables.get_mut(&p.measurement) {
+            Some(t) => t,
+            None => self.tables.entry(p.measurement).or_default(),
+        };
         if table.insert(p.tags, p.time.as_nanos(), p.fields, late) {
             self.rows += 1;
         }

@@ -263,7 +263,7 @@ pub(crate) struct Input<'a> {
     /// The frozen rows of the table being flushed.
     pub(crate) frozen: &'a Table,
     /// Each series' high-water mark before this flush's rows (a row at or before it is late).
-    pub(crate) high_water_before: Option<&'a std::collections::HashMap<SeriesKey, i64>>,
+    pub(crate) high_water_before: Option<&'a crate::memtable::SeriesMap<i64>>,
     /// The raw table's data files in the catalog (not this flush's).
     pub(crate) files: Vec<std::sync::Arc<DataFile>>,
     /// Reads them, wherever they are.
@@ -273,7 +273,7 @@ pub(crate) struct Input<'a> {
     /// The rollups and, for each, the latest row of every series of the rollup table.
     pub(crate) rollups: Vec<(
         Spec,
-        Option<&'a std::collections::HashMap<SeriesKey, crate::latest::LatestRow>>,
+        Option<&'a crate::memtable::SeriesMap<crate::latest::LatestRow>>,
     )>,
 }
 

@@ -105,11 +105,19 @@ impl Schemas {
             let table = self.tables.get(&p.measurement);
             for (name, value) in &p.fields {
                 let found = value.value_type();
-                let key = (p.measurement.clone(), name.clone());
-                let expected = table
-                    .and_then(|t| t.field_type(name))
-                    .or_else(|| pending.0.get(&key).copied())
-                    .or_else(|| new.iter().find(|(k, _)| *k == key).map(|(_, t)| *t));
+                // The common case, a known field, allocates nothing.
+                let (expected, key) = match table.and_then(|t| t.field_type(name)) {
+                    Some(t) => (Some(t), None),
+                    None => {
+                        let key = (p.measurement.clone(), name.clone());
+                        let t = pending
+                            .0
+                            .get(&key)
+                            .copied()
+                            .or_else(|| new.iter().find(|(k, _)| *k == key).map(|(_, t)| *t));
+                        (t, Some(key))
+                    }
+                };
                 match expected {
                     Some(expected) if expected != found => {
                         return Err(PayloadError::TypeConflict {
@@ -119,7 +127,7 @@ impl Schemas {
                         });
                     }
                     Some(_) => {}
-                    None => new.push((key, found)),
+                    None => new.extend(key.map(|k| (k, found))),
                 }
             }
         }
@@ -130,7 +138,10 @@ impl Schemas {
     /// Grow the schema for `point`; `false` (and nothing changed) if its types conflict, which
     /// only a WAL written by a buggy build can cause.
     pub(crate) fn admit(&mut self, point: &Point) -> bool {
-        let table = self.tables.entry(point.measurement.clone()).or_default();
+        let table = match self.tables.get_mut(&point.measurement) {
+            Some(t) => t,
+            None => self.tables.entry(point.measurement.clone()).or_default(),
+        };
         if !table.fits(point) {
             return false;
         }

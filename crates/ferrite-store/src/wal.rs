@@ -40,6 +40,29 @@ pub(crate) struct WalRecord {
     pub(crate) points: Vec<Point>,
 }
 
+/// A [`WalRecord`] borrowed, to encode (postcard writes a slice as it writes a `Vec`).
+#[derive(Serialize)]
+struct WalRecordRef<'a> {
+    points: &'a [Point],
+}
+
+/// One record framed for the log (length, checksum, payload), encoded by the writer of the
+/// points on its own thread so the log's single writer only copies bytes.
+pub(crate) fn encode(points: &[Point]) -> Result<Vec<u8>, StoreError> {
+    let mut buf = vec![0; RECORD_HEADER_LEN];
+    buf = postcard::to_extend(&WalRecordRef { points }, buf)
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    let payload_len = buf.len() - RECORD_HEADER_LEN;
+    let len = u32::try_from(payload_len)
+        .ok()
+        .filter(|l| *l <= MAX_RECORD_LEN)
+        .ok_or_else(|| StoreError::Encode(format!("record of {payload_len} bytes is too large")))?;
+    let crc = crc32fast::hash(&buf[RECORD_HEADER_LEN..]);
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(buf)
+}
+
 /// What replay found, for the start-up log.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayReport {
@@ -64,25 +87,10 @@ pub(crate) struct WalWriter {
 }
 
 impl WalWriter {
-    /// Append one record to the in-process buffer; [`WalWriter::commit`] writes and fsyncs.
-    pub(crate) fn append(&mut self, record: &WalRecord) -> Result<(), StoreError> {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
-        let buf = std::mem::take(&mut self.buf);
-        let mut buf =
-            postcard::to_extend(record, buf).map_err(|e| StoreError::Encode(e.to_string()))?;
-        let payload_len = buf.len() - start - RECORD_HEADER_LEN;
-        let len = u32::try_from(payload_len)
-            .ok()
-            .filter(|l| *l <= MAX_RECORD_LEN)
-            .ok_or_else(|| {
-                StoreError::Encode(format!("record of {payload_len} bytes is too large"))
-            })?;
-        let crc = crc32fast::hash(&buf[start + RECORD_HEADER_LEN..]);
-        buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-        self.buf = buf;
-        Ok(())
+    /// Append one record framed by [`encode`] to the in-process buffer;
+    /// [`WalWriter::commit`] writes and fsyncs.
+    pub(crate) fn append(&mut self, frame: &[u8]) {
+        self.buf.extend_from_slice(frame);
     }
 
     /// Drop records appended since the last commit (used when encoding fails midway).
