@@ -346,7 +346,10 @@ async fn golden_queries_give_the_same_answers_in_every_tier() {
     let store = Arc::new(Store::open(tiered.path(), &cold_config).unwrap().0);
     store.maintain().unwrap();
     let stats = store.stats();
-    assert!(stats.cold_files > 0 && stats.cold_files == stats.files, "{stats:?}");
+    assert!(
+        stats.cold_files > 0 && stats.cold_files == stats.files,
+        "{stats:?}"
+    );
     failures.extend(check("cold", &store, &cases).await);
     assert!(store.stats().cache_misses > 0);
 

@@ -168,7 +168,11 @@ impl LatestIndex {
                     .map(|(series, row)| RowData {
                         tags: series.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                         time: row.0,
-                        fields: row.1.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                        fields: row
+                            .1
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.clone()))
+                            .collect(),
                     })
                     .collect(),
             })

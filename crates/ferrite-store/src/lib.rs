@@ -640,8 +640,8 @@ impl Store {
             frame,
             done,
         }))
-            .await
-            .map_err(|_| StoreError::ShuttingDown)?;
+        .await
+        .map_err(|_| StoreError::ShuttingDown)?;
         Ok(PendingWrite(rx))
     }
 

@@ -28,8 +28,94 @@ pub(crate) type SeriesKey = Arc<BTreeMap<String, String>>;
 /// A map keyed by series, with a fast hasher (series keys are not attacker-chosen in a way
 /// that matters: a device can only make its own series slow).
 pub(crate) type SeriesMap<V> = HashMap<SeriesKey, V, foldhash::fast::RandomState>;
-/// A row's field values by name.
-pub(crate) type Fields = BTreeMap<String, Value>;
+/// A row's field values, sorted by name. The names are shared: a table's rows point at one
+/// copy of each name (see [`Names`]), so a row costs its values and a pointer per field
+/// rather than a map node and a string per field.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Fields(Vec<(Arc<str>, Value)>);
+
+impl Fields {
+    pub(crate) fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| (**n).cmp(name))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Value> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Set `name` (replacing its value if it has one).
+    pub(crate) fn insert(&mut self, name: impl Into<Arc<str>>, value: Value) {
+        let name = name.into();
+        match self.find(&name) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (name, value)),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Value)> {
+        self.0.iter().map(|(n, v)| (n, v))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<'a> IntoIterator for &'a Fields {
+    type Item = (&'a Arc<str>, &'a Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Arc<str>, Value)>,
+        fn(&'a (Arc<str>, Value)) -> (&'a Arc<str>, &'a Value),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(n, v)| (n, v))
+    }
+}
+
+impl<N: Into<Arc<str>>> FromIterator<(N, Value)> for Fields {
+    fn from_iter<I: IntoIterator<Item = (N, Value)>>(iter: I) -> Self {
+        let mut out = Self::new();
+        for (n, v) in iter {
+            out.insert(n, v);
+        }
+        out
+    }
+}
+
+impl<N: Into<Arc<str>>, const K: usize> From<[(N, Value); K]> for Fields {
+    fn from(pairs: [(N, Value); K]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+/// One shared copy of each field name of a table.
+#[derive(Default)]
+pub(crate) struct Names(std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>);
+
+impl Names {
+    pub(crate) fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return Arc::clone(n);
+        }
+        let n: Arc<str> = Arc::from(name);
+        self.0.insert(Arc::clone(&n));
+        n
+    }
+
+    /// A point's fields (sorted already, as a `BTreeMap`) as a row.
+    pub(crate) fn fields(&mut self, fields: BTreeMap<String, Value>) -> Fields {
+        let mut out = Vec::with_capacity(fields.len());
+        for (n, v) in fields {
+            out.push((self.get(&n), v));
+        }
+        Fields(out)
+    }
+}
 /// A borrowed row: series, time, fields.
 pub(crate) type RowRef<'a> = (&'a SeriesKey, i64, &'a Fields);
 
@@ -50,6 +136,8 @@ pub(crate) struct Table {
     /// Partitions holding rows at or before their series' flushed high-water mark: such a row
     /// may replace one already in a file, so reads of those partitions must merge.
     late_partitions: BTreeSet<i64>,
+    /// The field names of the rows.
+    names: Names,
 }
 
 impl Table {
@@ -70,6 +158,19 @@ impl Table {
             None => self.series.entry(Arc::new(tags)).or_default(),
         };
         rows.insert(time, fields).is_none()
+    }
+
+    /// Insert a point's row (see [`Table::insert`]), its field names shared with the table's
+    /// other rows.
+    pub(crate) fn insert_point(
+        &mut self,
+        tags: BTreeMap<String, String>,
+        time: i64,
+        fields: BTreeMap<String, Value>,
+        late: Option<i64>,
+    ) -> bool {
+        let fields = self.names.fields(fields);
+        self.insert(tags, time, fields, late)
     }
 
     pub(crate) fn late_partitions(&self) -> &BTreeSet<i64> {
@@ -138,7 +239,7 @@ impl Table {
         let mut fields = Vec::new();
         for (name, ty) in &schema.fields {
             if let Some(col) = batch.column_by_name(name) {
-                fields.push((name, *ty, Arc::clone(col)));
+                fields.push((self.names.get(name), *ty, Arc::clone(col)));
             }
         }
         for row in 0..batch.num_rows() {
@@ -148,12 +249,14 @@ impl Table {
                     t.insert((*key).clone(), col.value(row).to_owned());
                 }
             }
-            let mut f = Fields::new();
+            let mut f = Vec::with_capacity(fields.len());
             for (name, ty, col) in &fields {
                 if let Some(v) = value_at(col, *ty, row) {
-                    f.insert((*name).clone(), v);
+                    f.push((Arc::clone(name), v));
                 }
             }
+            f.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let f = Fields(f);
             self.insert(t, time.value(row), f, None);
         }
         Ok(())
@@ -286,7 +389,7 @@ impl Memtables {
             Some(t) => t,
             None => self.tables.entry(p.measurement).or_default(),
         };
-        if table.insert(p.tags, p.time.as_nanos(), p.fields, late) {
+        if table.insert_point(p.tags, p.time.as_nanos(), p.fields, late) {
             self.rows += 1;
         }
     }
