@@ -30,6 +30,15 @@ pub struct MqttConfig {
     /// arrives) or `drop_oldest` (the oldest queued deliveries, also from the session
     /// store; the newest arrive).
     pub session_queue_full: crate::router::QueueFullPolicy,
+    /// Bytes (topic + payload) queued across all sessions at most (0: no limit): the
+    /// gateway's memory high-watermark. While it is reached, a publish that has session
+    /// subscribers waits (its publisher is not read meanwhile) until the sessions drain below
+    /// it, at most `queue_wait`; deliveries that still do not fit are dropped and counted as
+    /// `dropped_memory`.
+    pub max_queued_bytes: usize,
+    /// Longest a publish waits for room under `max_queued_bytes`.
+    #[serde(with = "humantime_serde")]
+    pub queue_wait: Duration,
     /// Longest keep-alive granted; clients asking for more (or for none, in MQTT 5) are told
     /// this value as Server Keep Alive.
     #[serde(with = "humantime_serde")]
@@ -113,6 +122,8 @@ impl Default for MqttConfig {
             session_queue: 1000,
             session_queue_bytes: 4 << 20,
             session_queue_full: crate::router::QueueFullPolicy::DropNewest,
+            max_queued_bytes: 1 << 30,
+            queue_wait: Duration::from_secs(5),
             max_keep_alive: Duration::from_secs(3600),
             max_session_expiry: Duration::from_secs(2 * 3600),
             max_parked_sessions: 100_000,
@@ -142,6 +153,9 @@ impl MqttConfig {
         }
         if self.session_queue == 0 {
             errs.push("mqtt.session_queue must be at least 1".to_owned());
+        }
+        if self.queue_wait > Duration::from_secs(60) {
+            errs.push("mqtt.queue_wait must be at most 60s".to_owned());
         }
         if self.max_keep_alive.is_zero() || self.max_keep_alive > Duration::from_secs(65_535) {
             errs.push("mqtt.max_keep_alive must be between 1s and 65535s".to_owned());

@@ -458,6 +458,7 @@ async fn accept<S: AsyncWrite + Unpin>(
                 shared.config.session_queue,
                 shared.config.session_queue_bytes,
                 shared.config.session_queue_full,
+                shared.router.queue_memory(),
             );
             let handle = shared.router.register_session(Arc::clone(&client_id), tx);
             (handle, out_rx, HashMap::new(), HashSet::new(), 1, 0)

@@ -10,8 +10,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ferrite_core::{Timestamp, TopicFilter, TopicName};
@@ -110,6 +111,65 @@ struct QueueShared {
     capacity: usize,
     max_bytes: usize,
     policy: QueueFullPolicy,
+    memory: Arc<QueueMemory>,
+}
+
+/// The bytes queued across every session, against `mqtt.max_queued_bytes`: publishes with
+/// session subscribers wait while it is reached (backpressure on publishers), deliveries
+/// that would pass it are refused.
+#[derive(Default)]
+pub(crate) struct QueueMemory {
+    bytes: AtomicUsize,
+    /// 0: no limit.
+    max: AtomicUsize,
+    wait_ms: AtomicU64,
+    /// Publishes waiting for room.
+    waiting: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl QueueMemory {
+    fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    fn full(&self) -> bool {
+        let max = self.max();
+        max > 0 && self.bytes.load(Ordering::Relaxed) >= max
+    }
+
+    /// Whether `size` more bytes fit.
+    fn fits(&self, size: usize) -> bool {
+        let max = self.max();
+        max == 0 || self.bytes.load(Ordering::Relaxed) + size <= max
+    }
+
+    fn add(&self, size: usize) {
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    fn sub(&self, size: usize) {
+        let before = self.bytes.fetch_sub(size, Ordering::Relaxed);
+        if self.waiting.load(Ordering::Relaxed) > 0 && before.saturating_sub(size) < self.max() {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Wait until the sessions hold less than the limit, or `queue_wait` has passed.
+    async fn room(&self) {
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.wait_ms.load(Ordering::Relaxed));
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        while self.full() {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.full() || tokio::time::timeout_at(deadline, drained).await.is_err() {
+                break;
+            }
+        }
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -133,6 +193,7 @@ impl SessionQueue {
         capacity: usize,
         max_bytes: usize,
         policy: QueueFullPolicy,
+        memory: Arc<QueueMemory>,
     ) -> (SessionSender, Self) {
         let shared = Arc::new(QueueShared {
             state: std::sync::Mutex::default(),
@@ -140,6 +201,7 @@ impl SessionQueue {
             capacity: capacity.max(1),
             max_bytes,
             policy,
+            memory,
         });
         (
             SessionSender {
@@ -165,10 +227,13 @@ impl SessionQueue {
     pub(crate) fn try_recv(&mut self) -> Option<Box<Outgoing>> {
         let mut state = self.shared.lock();
         let out = state.items.pop_front()?;
-        state.bytes = state.bytes.saturating_sub(out.queued_size());
+        let size = out.queued_size();
+        state.bytes = state.bytes.saturating_sub(size);
         if state.items.is_empty() && state.items.capacity() > QUEUE_KEEP {
             state.items = std::collections::VecDeque::new();
         }
+        drop(state);
+        self.shared.memory.sub(size);
         Some(out)
     }
 
@@ -184,6 +249,13 @@ impl Drop for SessionQueue {
     }
 }
 
+impl Drop for QueueShared {
+    fn drop(&mut self) {
+        let bytes = self.lock().bytes;
+        self.memory.sub(bytes);
+    }
+}
+
 /// Queue slots an emptied queue keeps allocated; a larger backlog's memory is given back.
 const QUEUE_KEEP: usize = 16;
 
@@ -196,6 +268,8 @@ pub(crate) enum Refused {
     Bytes,
     /// The session is going away.
     Closed,
+    /// The sessions together hold `mqtt.max_queued_bytes`.
+    Memory,
 }
 
 /// A queued delivery, and the older ones dropped to make room for it (drop-oldest policy),
@@ -226,6 +300,9 @@ impl SessionSender {
             return Err(Refused::Closed);
         }
         let mut evicted = Vec::new();
+        if !q.memory.fits(size) {
+            return Err(Refused::Memory);
+        }
         let over_count = |s: &QueueState| s.items.len() >= q.capacity;
         let over_bytes = |s: &QueueState| s.bytes > 0 && s.bytes + size > q.max_bytes;
         match q.policy {
@@ -247,6 +324,9 @@ impl SessionSender {
         state.bytes += size;
         state.items.push_back(Box::new(out));
         drop(state);
+        let freed: usize = evicted.iter().map(|(o, _)| o.queued_size()).sum();
+        q.memory.add(size);
+        q.memory.sub(freed);
         q.ready.notify_one();
         Ok(Queued { evicted })
     }
@@ -255,10 +335,12 @@ impl SessionSender {
     /// it was accepted before the restart and is still stored, so it is not dropped now.
     pub(crate) fn restore(&self, out: Outgoing) {
         let q = &self.shared;
+        let size = out.queued_size();
         let mut state = q.lock();
-        state.bytes += out.queued_size();
+        state.bytes += size;
         state.items.push_back(Box::new(out));
         drop(state);
+        q.memory.add(size);
         q.ready.notify_one();
     }
 
@@ -346,6 +428,11 @@ pub struct RouterStats {
     pub dropped_queue_full: AtomicU64,
     /// Deliveries dropped because a session's queued bytes were at `mqtt.session_queue_bytes`.
     pub dropped_queue_bytes: AtomicU64,
+    /// Deliveries dropped because all sessions together held `mqtt.max_queued_bytes`, after
+    /// their publish waited `mqtt.queue_wait` for room.
+    pub dropped_memory: AtomicU64,
+    /// Publishes that waited for room under `mqtt.max_queued_bytes`.
+    pub publishes_held: AtomicU64,
     /// Retained messages refused because the retained store was full.
     pub retained_refused: AtomicU64,
 }
@@ -370,6 +457,8 @@ struct RouterInner {
     max_retained: usize,
     /// Picks the member of a shared subscription group that gets the next message.
     round_robin: AtomicU64,
+    /// Bytes queued across the sessions, and their limit.
+    memory: Arc<QueueMemory>,
 }
 
 /// A client session's registration with the router; unsubscribes everything when dropped.
@@ -418,6 +507,7 @@ impl Router {
                 stats,
                 max_retained,
                 round_robin: AtomicU64::new(0),
+                memory: Arc::new(QueueMemory::default()),
             }),
         }
     }
@@ -438,6 +528,26 @@ impl Router {
             "MQTT session store opened"
         );
         Ok(router)
+    }
+
+    /// Bound the bytes queued across all sessions (`mqtt.max_queued_bytes`, 0: none) and
+    /// how long a publish waits for room (`mqtt.queue_wait`).
+    pub fn limit_queued_bytes(&self, max: usize, wait: Duration) {
+        let m = &self.inner.memory;
+        m.max.store(max, Ordering::Relaxed);
+        m.wait_ms.store(
+            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Bytes (topic + payload) queued across all sessions now.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.memory.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn queue_memory(&self) -> Arc<QueueMemory> {
+        Arc::clone(&self.inner.memory)
     }
 
     /// Counters of the session store; `None` for an in-memory router.
@@ -676,6 +786,14 @@ impl Router {
                 .unwrap_or(start % n);
             deliveries.push(members.swap_remove(pick));
         }
+        if !deliveries.is_empty() && self.inner.memory.full() {
+            // Backpressure: this publisher's connection is not read while it waits.
+            self.inner
+                .stats
+                .publishes_held
+                .fetch_add(1, Ordering::Relaxed);
+            self.inner.memory.room().await;
+        }
         for SessionDelivery { tx, durable, out } in deliveries {
             // A place in the queue first, so nothing is stored that is then dropped; stored
             // before it is queued, so the client's completion is written after it.
@@ -710,6 +828,12 @@ impl Router {
                     self.inner
                         .stats
                         .dropped_queue_bytes
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Refused::Memory) => {
+                    self.inner
+                        .stats
+                        .dropped_memory
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 // The session is going away; its cleanup unsubscribes it.
@@ -908,7 +1032,7 @@ impl SessionHandle {
     pub(crate) fn make_durable(
         &mut self,
         client_id: &Arc<str>,
-        expiry: std::time::Duration,
+        expiry: Duration,
         next_seq: u64,
     ) -> Option<Commit> {
         let store = self.router.inner.store.clone()?;
@@ -928,7 +1052,7 @@ impl SessionHandle {
     pub(crate) fn reattach_durable(
         &mut self,
         client_id: &Arc<str>,
-        expiry: std::time::Duration,
+        expiry: Duration,
         next_seq: u64,
     ) {
         let Some(store) = self.router.inner.store.clone() else {

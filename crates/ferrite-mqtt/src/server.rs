@@ -201,6 +201,7 @@ impl MqttServer {
         } else {
             (None, None)
         };
+        router.limit_queued_bytes(config.max_queued_bytes, config.queue_wait);
         let shared = Arc::new(Shared {
             router,
             auth,

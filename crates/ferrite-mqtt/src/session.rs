@@ -180,6 +180,7 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
             shared.config.session_queue.max(queued),
             shared.config.session_queue_bytes,
             shared.config.session_queue_full,
+            shared.router.queue_memory(),
         );
         let mut handle = shared
             .router

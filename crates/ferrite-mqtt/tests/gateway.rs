@@ -1109,6 +1109,110 @@ async fn sessions_beyond_max_parked_end_with_their_connection() {
     shutdown.cancel();
 }
 
+/// Wait (bounded) until `cond` holds.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn publishers_wait_while_the_sessions_hold_max_queued_bytes() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // 3 bytes of topic + 40 of payload: the offline session holds one message, the limit.
+    let config = MqttConfig {
+        max_queued_bytes: 43,
+        queue_wait: WAIT,
+        ..MqttConfig::default()
+    };
+    let router = Router::new(100);
+    let (server, shutdown) = start_config(config, router.clone()).await;
+    let addr = server.local_addr();
+    let (mut sub, _) = Raw::open(addr, persistent(ProtocolVersion::V5, "s1", 300)).await;
+    sub.send(&subscribe_qos("m/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+    sub.disconnect().await;
+    let mut publisher = Raw::connect(addr, ProtocolVersion::V5).await;
+    let first: &'static [u8] = &[b'a'; 40];
+    let second: &'static [u8] = &[b'b'; 40];
+    publisher.publish_acked("m/1", 1, first).await;
+    assert_eq!(router.queued_bytes(), 43);
+
+    // Full: the next publish is held, its PUBACK not sent, until the session drains.
+    publisher
+        .send(&publish_qos("m/1", 2, QoS::AtLeastOnce, second))
+        .await;
+    until("the publish to be held", || {
+        router.stats().publishes_held.load(Relaxed) == 1
+    })
+    .await;
+    let (mut s1, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "s1", 300)).await;
+    assert!(ack.session_present);
+    let p = s1.expect_publish().await;
+    assert_eq!(&p.payload[..], first);
+    s1.send(&Packet::PubAck(ferrite_mqtt_codec::PubAck::new(
+        p.packet_id.unwrap(),
+    )))
+    .await;
+    // Drained: the held publish goes on, is delivered, and only then acknowledged.
+    match publisher.next().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.packet_id, 2),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    assert_eq!(&s1.expect_publish().await.payload[..], second);
+    let stats = router.stats();
+    assert_eq!(stats.dropped_memory.load(Relaxed), 0);
+    assert_eq!(stats.publishes_held.load(Relaxed), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_held_publish_goes_on_after_queue_wait_and_what_does_not_fit_is_dropped() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let config = MqttConfig {
+        max_queued_bytes: 43,
+        queue_wait: Duration::from_millis(50),
+        ..MqttConfig::default()
+    };
+    let router = Router::new(100);
+    let (server, shutdown) = start_config(config, router.clone()).await;
+    let addr = server.local_addr();
+    let (mut sub, _) = Raw::open(addr, persistent(ProtocolVersion::V5, "away", 300)).await;
+    sub.send(&subscribe_qos("m/#", QoS::AtLeastOnce)).await;
+    assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+    sub.disconnect().await;
+    let mut publisher = Raw::connect(addr, ProtocolVersion::V5).await;
+    publisher.publish_acked("m/1", 1, &[b'a'; 40]).await;
+    // Nobody drains: the publish waits queue_wait, then is acknowledged; the delivery is
+    // dropped and counted, and the queued bytes stay at the limit.
+    assert_eq!(
+        publisher.publish_acked("m/1", 2, &[b'b'; 40]).await,
+        ReasonCode::SUCCESS
+    );
+    let stats = router.stats();
+    assert_eq!(stats.publishes_held.load(Relaxed), 1);
+    assert_eq!(stats.dropped_memory.load(Relaxed), 1);
+    assert_eq!(router.queued_bytes(), 43);
+    // The session ends: its bytes are given back.
+    let (mut sub, _) = Raw::open(
+        addr,
+        Connect {
+            clean_start: true,
+            ..persistent(ProtocolVersion::V5, "away", 0)
+        },
+    )
+    .await;
+    sub.send(&Packet::PingReq).await;
+    assert!(matches!(sub.next().await, Some(Packet::PingResp)));
+    assert_eq!(router.queued_bytes(), 0);
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn a_session_queue_holds_at_most_its_bytes() {
     let config = MqttConfig {
