@@ -1065,14 +1065,13 @@ fn admit(
         tracing::error!(measurement = %p.measurement, "point conflicts with its table's schema; skipped");
         return;
     }
-    let time = p.time.as_nanos();
-    let late = catalog
-        .tables
-        .get(&p.measurement)
-        .and_then(|t| t.high_water.get(&p.tags))
-        .is_some_and(|hw| time <= *hw)
-        .then(|| partition_of(time, partition_ns));
-    active.insert(p, late);
+    active.insert(p, partition_ns, |m, tags| {
+        catalog
+            .tables
+            .get(m)
+            .and_then(|t| t.high_water.get(tags))
+            .copied()
+    });
 }
 
 /// The WAL writer thread: take a group of requests, validate, append, fsync once, apply to

@@ -132,12 +132,20 @@ pub(crate) fn partition_of(time: i64, partition_ns: i64) -> i64 {
 #[derive(Default)]
 pub(crate) struct Table {
     /// Each series (interned: its rows share the tag map) and its rows by time.
-    series: SeriesMap<BTreeMap<i64, Fields>>,
+    series: SeriesMap<Series>,
     /// Partitions holding rows at or before their series' flushed high-water mark: such a row
     /// may replace one already in a file, so reads of those partitions must merge.
     late_partitions: BTreeSet<i64>,
     /// The field names of the rows.
     names: Names,
+}
+
+/// One series' rows, and the flushed high-water mark it had when it first came into this
+/// table (looked up once per series, not once per row).
+#[derive(Default)]
+struct Series {
+    rows: BTreeMap<i64, Fields>,
+    high_water: Option<i64>,
 }
 
 impl Table {
@@ -153,24 +161,41 @@ impl Table {
         if let Some(partition) = late {
             self.late_partitions.insert(partition);
         }
-        let rows = match self.series.get_mut(&tags) {
-            Some(rows) => rows,
+        let series = match self.series.get_mut(&tags) {
+            Some(series) => series,
             None => self.series.entry(Arc::new(tags)).or_default(),
         };
-        rows.insert(time, fields).is_none()
+        series.rows.insert(time, fields).is_none()
     }
 
-    /// Insert a point's row (see [`Table::insert`]), its field names shared with the table's
-    /// other rows.
+    /// Insert a point's row, its field names shared with the table's other rows. It is late
+    /// (may replace a row already in a file of its partition) if it is at or before its
+    /// series' flushed high-water mark, which `high_water` looks up the first time the
+    /// series comes into this table. Whether it is a new row.
     pub(crate) fn insert_point(
         &mut self,
         tags: BTreeMap<String, String>,
         time: i64,
         fields: BTreeMap<String, Value>,
-        late: Option<i64>,
+        partition_ns: i64,
+        high_water: impl FnOnce(&BTreeMap<String, String>) -> Option<i64>,
     ) -> bool {
         let fields = self.names.fields(fields);
-        self.insert(tags, time, fields, late)
+        let series = match self.series.get_mut(&tags) {
+            Some(series) => series,
+            None => {
+                let high_water = high_water(&tags);
+                self.series.entry(Arc::new(tags)).or_insert(Series {
+                    rows: BTreeMap::new(),
+                    high_water,
+                })
+            }
+        };
+        if series.high_water.is_some_and(|hw| time <= hw) {
+            self.late_partitions
+                .insert(partition_of(time, partition_ns));
+        }
+        series.rows.insert(time, fields).is_none()
     }
 
     pub(crate) fn late_partitions(&self) -> &BTreeSet<i64> {
@@ -179,7 +204,7 @@ impl Table {
 
     /// The series in tag order, each with its rows.
     fn sorted_series(&self) -> Vec<(&SeriesKey, &BTreeMap<i64, Fields>)> {
-        let mut series: Vec<_> = self.series.iter().collect();
+        let mut series: Vec<_> = self.series.iter().map(|(k, s)| (k, &s.rows)).collect();
         series.sort_unstable_by(|a, b| a.0.cmp(b.0));
         series
     }
@@ -206,14 +231,14 @@ impl Table {
     pub(crate) fn last_rows(&self) -> impl Iterator<Item = (&SeriesKey, i64, &Fields)> {
         self.series
             .iter()
-            .filter_map(|(s, rows)| rows.last_key_value().map(|(t, f)| (s, *t, f)))
+            .filter_map(|(s, series)| series.rows.last_key_value().map(|(t, f)| (s, *t, f)))
     }
 
     /// The latest time of every series.
     pub(crate) fn series_max(&self) -> impl Iterator<Item = (&SeriesKey, i64)> {
         self.series
             .iter()
-            .filter_map(|(s, rows)| rows.last_key_value().map(|(t, _)| (s, *t)))
+            .filter_map(|(s, series)| series.rows.last_key_value().map(|(t, _)| (s, *t)))
     }
 
     /// Add the rows of a record batch (read back from a file): a row replaces any row of the
@@ -242,13 +267,36 @@ impl Table {
                 fields.push((self.names.get(name), *ty, Arc::clone(col)));
             }
         }
+        // Files hold rows by series: a row of the same series as the one before shares its
+        // tag map, and finds its series by pointer.
+        let mut prev: Option<SeriesKey> = None;
         for row in 0..batch.num_rows() {
-            let mut t = BTreeMap::new();
-            for (key, col) in &tags {
-                if col.is_valid(row) {
-                    t.insert((*key).clone(), col.value(row).to_owned());
+            let same = prev.as_ref().is_some_and(|p| {
+                let mut n = 0;
+                tags.iter().all(|(key, col)| {
+                    if col.is_valid(row) {
+                        n += 1;
+                        p.get(*key).is_some_and(|v| v == col.value(row))
+                    } else {
+                        !p.contains_key(*key)
+                    }
+                }) && n == p.len()
+            });
+            let series = match (&prev, same) {
+                (Some(p), true) => Arc::clone(p),
+                _ => {
+                    let mut t = BTreeMap::new();
+                    for (key, col) in &tags {
+                        if col.is_valid(row) {
+                            t.insert((*key).clone(), col.value(row).to_owned());
+                        }
+                    }
+                    match self.series.get_key_value(&t) {
+                        Some((k, _)) => Arc::clone(k),
+                        None => Arc::new(t),
+                    }
                 }
-            }
+            };
             let mut f = Vec::with_capacity(fields.len());
             for (name, ty, col) in &fields {
                 if let Some(v) = value_at(col, *ty, row) {
@@ -256,8 +304,12 @@ impl Table {
                 }
             }
             f.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let f = Fields(f);
-            self.insert(t, time.value(row), f, None);
+            let entry = match self.series.get_mut(&series) {
+                Some(e) => e,
+                None => self.series.entry(Arc::clone(&series)).or_default(),
+            };
+            entry.rows.insert(time.value(row), Fields(f));
+            prev = Some(series);
         }
         Ok(())
     }
@@ -311,8 +363,18 @@ fn chunk_batch(
     cols.push(Arc::new(time.finish()));
     for key in &schema.tag_keys {
         let mut b = StringBuilder::with_capacity(chunk.len(), chunk.len() * 8);
+        // Rows come by series: look the tag up once per run of one series' rows.
+        let mut last: Option<(&SeriesKey, Option<&String>)> = None;
         for (tags, _, _) in chunk {
-            b.append_option(tags.get(key));
+            let value = match last {
+                Some((s, v)) if Arc::ptr_eq(s, tags) => v,
+                _ => {
+                    let v = tags.get(key);
+                    last = Some((tags, v));
+                    v
+                }
+            };
+            b.append_option(value);
         }
         cols.push(Arc::new(b.finish()));
     }
@@ -382,14 +444,22 @@ pub(crate) struct Memtables {
 }
 
 impl Memtables {
-    /// Insert a point whose schema was admitted; `late` is the partition if the point may
-    /// replace a row already in a file.
-    pub(crate) fn insert(&mut self, p: Point, late: Option<i64>) {
+    /// Insert a point whose schema was admitted; `high_water` looks up its series' flushed
+    /// high-water mark (see [`Table::insert_point`]).
+    pub(crate) fn insert(
+        &mut self,
+        p: Point,
+        partition_ns: i64,
+        high_water: impl FnOnce(&Measurement, &BTreeMap<String, String>) -> Option<i64>,
+    ) {
         let table = match self.tables.get_mut(&p.measurement) {
             Some(t) => t,
-            None => self.tables.entry(p.measurement).or_default(),
+            None => self.tables.entry(p.measurement.clone()).or_default(),
         };
-        if table.insert_point(p.tags, p.time.as_nanos(), p.fields, late) {
+        let m = &p.measurement;
+        if table.insert_point(p.tags, p.time.as_nanos(), p.fields, partition_ns, |tags| {
+            high_water(m, tags)
+        }) {
             self.rows += 1;
         }
     }

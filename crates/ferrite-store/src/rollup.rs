@@ -95,10 +95,7 @@ pub(crate) fn schema_of(raw: &TableSchema) -> TableSchema {
         }
         fields.push((format!("{name}_last"), *ty));
     }
-    TableSchema {
-        tag_keys: raw.tag_keys.clone(),
-        fields,
-    }
+    TableSchema::new(raw.tag_keys.clone(), fields)
 }
 
 fn as_f64(v: &Value) -> Option<f64> {

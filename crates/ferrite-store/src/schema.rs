@@ -10,25 +10,78 @@ use ferrite_core::{DEVICE_ID_TAG, Measurement, Point, TIME_COLUMN, ValueType};
 use serde::{Deserialize, Serialize};
 
 /// Columns of one table, in column order after `time`: tags, then fields.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct TableSchema {
     /// Tag keys in the order they were first seen; `device_id` first when present.
     pub(crate) tag_keys: Vec<String>,
     /// Field names and types in the order they were first seen.
     pub(crate) fields: Vec<(String, ValueType)>,
+    /// Every column by name, for lookups per point without a scan; used when it names every
+    /// column (it is rebuilt by the first [`Schemas::admit`] after a load or a construction).
+    #[serde(skip)]
+    index: std::collections::HashMap<String, Column, foldhash::fast::RandomState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Column {
+    Tag,
+    Field(ValueType),
+}
+
+impl PartialEq for TableSchema {
+    fn eq(&self, other: &Self) -> bool {
+        self.tag_keys == other.tag_keys && self.fields == other.fields
+    }
 }
 
 impl TableSchema {
+    /// A schema of these columns.
+    pub(crate) fn new(tag_keys: Vec<String>, fields: Vec<(String, ValueType)>) -> Self {
+        let mut s = Self {
+            tag_keys,
+            fields,
+            index: Default::default(),
+        };
+        s.reindex();
+        s
+    }
+
+    fn indexed(&self) -> bool {
+        self.index.len() == self.tag_keys.len() + self.fields.len()
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        for k in &self.tag_keys {
+            self.index.insert(k.clone(), Column::Tag);
+        }
+        for (n, t) in &self.fields {
+            self.index.insert(n.clone(), Column::Field(*t));
+        }
+    }
+
     pub(crate) fn field_type(&self, name: &str) -> Option<ValueType> {
+        if self.indexed() {
+            return match self.index.get(name) {
+                Some(Column::Field(t)) => Some(*t),
+                _ => None,
+            };
+        }
         self.fields.iter().find(|(n, _)| n == name).map(|(_, t)| *t)
     }
 
     pub(crate) fn is_tag(&self, name: &str) -> bool {
+        if self.indexed() {
+            return self.index.get(name) == Some(&Column::Tag);
+        }
         self.tag_keys.iter().any(|k| k == name)
     }
 
     /// Add the columns `point` brings. The caller has checked types with [`Schemas::check`].
     fn extend(&mut self, point: &Point) {
+        if self.index.is_empty() {
+            self.reindex();
+        }
         for key in point.tags.keys() {
             if !self.is_tag(key) {
                 if key == DEVICE_ID_TAG {
@@ -36,11 +89,14 @@ impl TableSchema {
                 } else {
                     self.tag_keys.push(key.clone());
                 }
+                self.index.insert(key.clone(), Column::Tag);
             }
         }
         for (name, value) in &point.fields {
             if self.field_type(name).is_none() {
                 self.fields.push((name.clone(), value.value_type()));
+                self.index
+                    .insert(name.clone(), Column::Field(value.value_type()));
             }
         }
     }
