@@ -1065,6 +1065,11 @@ fn admit(
         tracing::error!(measurement = %p.measurement, "point conflicts with its table's schema; skipped");
         return;
     }
+    insert_admitted(catalog, active, p, partition_ns);
+}
+
+/// Insert a point whose columns its table's schema has, with their types.
+fn insert_admitted(catalog: &Catalog, active: &mut Memtables, p: Point, partition_ns: i64) {
     active.insert(p, partition_ns, |m, tags| {
         catalog
             .tables
@@ -1182,9 +1187,9 @@ fn run_writer(
                     continue;
                 }
                 match state.schemas.check(&r.points, &mut pending) {
-                    Ok(()) => {
+                    Ok(grows) => {
                         rows += r.points.len();
-                        accepted.push(r);
+                        accepted.push((r, grows));
                     }
                     Err(e) => {
                         counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -1196,9 +1201,9 @@ fn run_writer(
         if !accepted.is_empty() {
             let mut records = Vec::with_capacity(accepted.len());
             let mut dones = Vec::with_capacity(accepted.len());
-            for r in accepted {
+            for (r, grows) in accepted {
                 wal.append(&r.frame);
-                records.push(r.points);
+                records.push((r.points, grows));
                 dones.push(r.done);
             }
             match wal.commit() {
@@ -1218,9 +1223,13 @@ fn run_writer(
                             catalog,
                             ..
                         } = &mut *state;
-                        for points in records {
+                        for (points, grows) in records {
                             for p in points {
-                                admit(schemas, catalog, active, p, partition_ns);
+                                if grows.0 {
+                                    admit(schemas, catalog, active, p, partition_ns);
+                                } else {
+                                    insert_admitted(catalog, active, p, partition_ns);
+                                }
                             }
                         }
                     }

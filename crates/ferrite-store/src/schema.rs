@@ -139,6 +139,11 @@ pub(crate) fn arrow_type(ty: ValueType) -> DataType {
 }
 
 /// Field types decided by writes validated in the current group commit but not yet applied.
+/// Whether a checked write brings columns its tables lack (else applying it needs no schema
+/// work at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grows(pub(crate) bool);
+
 #[derive(Default)]
 pub(crate) struct PendingTypes(BTreeMap<(Measurement, String), ValueType>);
 
@@ -155,10 +160,14 @@ impl Schemas {
         &self,
         points: &[Point],
         pending: &mut PendingTypes,
-    ) -> Result<(), PayloadError> {
+    ) -> Result<Grows, PayloadError> {
         let mut new: Vec<((Measurement, String), ValueType)> = Vec::new();
+        let mut grows = Grows(false);
         for p in points {
             let table = self.tables.get(&p.measurement);
+            if !grows.0 {
+                grows.0 = table.is_none_or(|t| p.tags.keys().any(|k| !t.is_tag(k)));
+            }
             for (name, value) in &p.fields {
                 let found = value.value_type();
                 // The common case, a known field, allocates nothing.
@@ -183,12 +192,15 @@ impl Schemas {
                         });
                     }
                     Some(_) => {}
-                    None => new.extend(key.map(|k| (k, found))),
+                    None => new.extend(key.as_ref().map(|k| (k.clone(), found))),
                 }
+                // A field the table does not have yet (even if an earlier write of this
+                // group commit brings it).
+                grows.0 |= key.is_some();
             }
         }
         pending.0.extend(new);
-        Ok(())
+        Ok(grows)
     }
 
     /// Grow the schema for `point`; `false` (and nothing changed) if its types conflict, which
