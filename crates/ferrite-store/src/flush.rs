@@ -413,25 +413,7 @@ fn retention(shared: &Shared) -> Result<(), StoreError> {
     if dropped.is_empty() {
         return Ok(());
     }
-    let before: BTreeMap<Measurement, Vec<Arc<DataFile>>> = state
-        .catalog
-        .tables
-        .iter()
-        .map(|(n, t)| (n.clone(), t.files.clone()))
-        .collect();
-    for (name, file) in &dropped {
-        if let Some(t) = state.catalog.tables.get_mut(name) {
-            t.files.retain(|f| !Arc::ptr_eq(f, file));
-        }
-    }
-    if let Err(e) = state.catalog.save(&shared.dir, &state.schemas) {
-        for (name, files) in before {
-            if let Some(t) = state.catalog.tables.get_mut(&name) {
-                t.files = files;
-            }
-        }
-        return Err(e);
-    }
+    drop_from_catalog(shared, &mut state, &dropped)?;
     drop(state);
     let partitions: std::collections::BTreeSet<(Measurement, i64)> = dropped
         .iter()
@@ -447,6 +429,34 @@ fn retention(shared: &Shared) -> Result<(), StoreError> {
         "retention dropped partitions"
     );
     retire_files(shared, dropped.into_iter().map(|(_, f)| f));
+    Ok(())
+}
+
+/// Take `dropped` out of the catalog and commit it; on failure the catalog is as it was.
+fn drop_from_catalog(
+    shared: &Shared,
+    state: &mut crate::State,
+    dropped: &[(Measurement, Arc<DataFile>)],
+) -> Result<(), StoreError> {
+    let before: BTreeMap<Measurement, Vec<Arc<DataFile>>> = state
+        .catalog
+        .tables
+        .iter()
+        .map(|(n, t)| (n.clone(), t.files.clone()))
+        .collect();
+    for (name, file) in dropped {
+        if let Some(t) = state.catalog.tables.get_mut(name) {
+            t.files.retain(|f| !Arc::ptr_eq(f, file));
+        }
+    }
+    if let Err(e) = state.catalog.save(&shared.dir, &state.schemas) {
+        for (name, files) in before {
+            if let Some(t) = state.catalog.tables.get_mut(&name) {
+                t.files = files;
+            }
+        }
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -807,26 +817,12 @@ fn enforce_budget(shared: &Shared) -> Result<(), StoreError> {
         used -= files.iter().map(|f| f.meta.bytes).sum::<u64>();
         evicted.push((partition, name, files));
     }
-    let before: BTreeMap<Measurement, Vec<Arc<DataFile>>> = state
-        .catalog
-        .tables
-        .iter()
-        .map(|(n, t)| (n.clone(), t.files.clone()))
-        .collect();
-    for (_, name, files) in &evicted {
-        if let Some(t) = state.catalog.tables.get_mut(name) {
-            t.files.retain(|f| !files.iter().any(|x| Arc::ptr_eq(f, x)));
-        }
-    }
-    if !evicted.is_empty()
-        && let Err(e) = state.catalog.save(&shared.dir, &state.schemas)
-    {
-        for (name, files) in before {
-            if let Some(t) = state.catalog.tables.get_mut(&name) {
-                t.files = files;
-            }
-        }
-        return Err(e);
+    if !evicted.is_empty() {
+        let dropped: Vec<(Measurement, Arc<DataFile>)> = evicted
+            .iter()
+            .flat_map(|(_, name, files)| files.iter().map(|f| (name.clone(), Arc::clone(f))))
+            .collect();
+        drop_from_catalog(shared, &mut state, &dropped)?;
     }
     shared.over_budget.store(used > max, Ordering::Release);
     drop(state);

@@ -4,12 +4,15 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, Float64Array, StringArray, TimestampNanosecondArray};
 use ferrite_core::{Measurement, Point, Timestamp, Value};
 use ferrite_store::{Store, StoreConfig, StoreError, TableConfig, WhenFull};
+
+mod support;
+use support::files_under;
 
 const HOUR: i64 = 3_600_000_000_000;
 
@@ -61,27 +64,6 @@ fn values(store: &Store) -> Vec<(String, i64, f64)> {
         }
     }
     out.sort_by(|a, b| (a.0.as_str(), a.1).cmp(&(b.0.as_str(), b.1)));
-    out
-}
-
-/// Every file below `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
     out
 }
 

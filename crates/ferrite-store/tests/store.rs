@@ -279,22 +279,7 @@ fn wal_segments(dir: &std::path::Path) -> usize {
 }
 
 fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.join("tables")];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+    support::files_under(&dir.join("tables"))
 }
 
 #[tokio::test]

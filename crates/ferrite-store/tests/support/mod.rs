@@ -1,4 +1,4 @@
-//! Column readers shared by the store's tests.
+//! Column readers and file listings shared by the store's tests.
 #![allow(clippy::unwrap_used, dead_code)]
 
 use arrow::array::{Array, Float64Array, StringArray, TimestampNanosecondArray};
@@ -31,4 +31,25 @@ pub(crate) fn f64_column(b: &RecordBatch, name: &str) -> Float64Array {
     )
     .unwrap();
     c.as_any().downcast_ref::<Float64Array>().unwrap().clone()
+}
+
+/// Every file below `dir` (none if it does not exist), sorted.
+pub(crate) fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
