@@ -465,14 +465,6 @@ fn drop_from_catalog(
 fn pick_compaction(shared: &Shared) -> Option<(Measurement, Vec<Arc<DataFile>>)> {
     const SMALL_FILE_BYTES: u64 = 64 << 20;
     let config = &shared.config;
-    let partition_ns = config.partition_ns();
-    // A partition that ended a flush interval ago takes no more rows but late ones: its
-    // small files are merged into one even if there are fewer than compaction_min_files.
-    let closed_before = now_ns().saturating_sub(
-        i64::try_from(config.flush_interval.as_nanos())
-            .unwrap_or(i64::MAX)
-            .saturating_add(partition_ns),
-    );
     let state = shared.read();
     for (name, files) in &state.catalog.tables {
         let mut partitions: BTreeMap<i64, Vec<&Arc<DataFile>>> = BTreeMap::new();
@@ -510,16 +502,7 @@ fn pick_compaction(shared: &Shared) -> Option<(Measurement, Vec<Arc<DataFile>>)>
                     rows += f.meta.rows;
                     picked.push(Arc::clone(f));
                 }
-                let closed = files
-                    .first()
-                    .is_some_and(|f| f.meta.partition <= closed_before)
-                    && files.iter().all(|f| !f.meta.cold);
-                let enough = if closed {
-                    2
-                } else {
-                    config.compaction_min_files
-                };
-                if picked.len() >= enough {
+                if picked.len() >= config.compaction_min_files {
                     return Some((name.clone(), picked));
                 }
             }
