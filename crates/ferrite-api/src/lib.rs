@@ -81,6 +81,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v1/query", post(query))
         .route("/api/v1/export", get(export::handle))
+        .route("/api/v1/store", get(store_stats))
         .route("/api/v2/write", post(write::handle))
         .route("/write", post(write::handle))
         .route("/mqtt", get(ws::upgrade))
@@ -169,6 +170,18 @@ pub async fn serve(
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
+}
+
+/// `GET /api/v1/store`: the store's counters (rows in memory, files and bytes local and cold,
+/// the cold cache, flushes, compactions, partitions dropped and evicted). Anyone who may query.
+async fn store_stats(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<ferrite_fleet::ApiPrincipal>,
+) -> Response {
+    if let Err(r) = fleet::require(&principal, ferrite_fleet::Permission::Query) {
+        return *r;
+    }
+    axum::Json(state.store.stats()).into_response()
 }
 
 async fn healthz() -> Response {

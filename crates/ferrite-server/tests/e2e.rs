@@ -764,5 +764,16 @@ async fn writes_past_the_storage_budget_get_quota_exceeded() {
         "{body}"
     );
     assert_eq!(count(http, "telemetry").await, 1);
+    // The store's counters say why.
+    let stats: Value = reqwest::get(format!("http://{http}/api/v1/store"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["files"], 1, "{stats}");
+    assert!(stats["file_bytes"].as_u64().unwrap() > 1, "{stats}");
+    assert!(stats["rejected"].as_u64().unwrap() >= 3, "{stats}");
+    assert_eq!(stats["cold_files"], 0, "{stats}");
     server.shutdown().await;
 }

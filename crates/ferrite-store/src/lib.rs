@@ -314,8 +314,8 @@ impl StoreConfig {
     }
 }
 
-/// Counters of the store, for logs and metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Counters of the store, for logs, metrics and `GET /api/v1/store`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct StoreStats {
     /// Write requests made durable.
     pub writes: u64,
