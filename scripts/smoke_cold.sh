@@ -59,6 +59,9 @@ answer=$(query "$sql")
 [ "$answer" = "$expected" ] || fail "answer over the cold tier: $answer"
 query 'EXPLAIN SELECT * FROM readings' | grep -q 'files=3 of 3 (0 pruned by time, 2 cold)' \
   || fail "EXPLAIN: $(query 'EXPLAIN SELECT * FROM readings')"
+stats=$(curl -sS --max-time 10 "http://$http/api/v1/store")
+echo "$stats" | grep -q '"cold_files":2' || fail "store counters: $stats"
+echo "$stats" | grep -q '"files_tiered":2' || fail "store counters: $stats"
 
 # kill -9, lose the cache, leave a stray object as a crash between upload and commit would.
 kill -9 "$pid"; wait "$pid" 2>/dev/null || true; pid=""
@@ -70,6 +73,8 @@ answer=$(query "$sql")
 [ "$answer" = "$expected" ] || fail "after kill -9 without the cache: $answer"
 objects | grep -q 99999 && fail "the stray object is still in the bucket"
 ls "$work/data/store/cache" | grep -q parquet || fail "nothing was fetched into the cache"
+stats=$(curl -sS --max-time 10 "http://$http/api/v1/store")
+echo "$stats" | grep -q '"cache_misses":2' || fail "store counters after the restart: $stats"
 
 # A retry of a cold row rewrites it (last write wins), and the partition goes cold again.
 printf 'readings,device_id=t2 fuel=1.5 %s\n' "$old" | curl -sf -X POST "http://$http/write?db=fleet" --data-binary @- \
