@@ -117,7 +117,6 @@ struct QueueShared {
 /// The bytes queued across every session, against `mqtt.max_queued_bytes`: publishes with
 /// session subscribers wait while it is reached (backpressure on publishers), deliveries
 /// that would pass it are refused.
-#[derive(Default)]
 pub(crate) struct QueueMemory {
     bytes: AtomicUsize,
     /// 0: no limit.
@@ -126,6 +125,21 @@ pub(crate) struct QueueMemory {
     /// Publishes waiting for room.
     waiting: AtomicUsize,
     drained: tokio::sync::Notify,
+    /// Publishes that have waited for room since start, for whoever wants to see one happen.
+    held: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for QueueMemory {
+    fn default() -> Self {
+        Self {
+            bytes: AtomicUsize::new(0),
+            max: AtomicUsize::new(0),
+            wait_ms: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            drained: tokio::sync::Notify::new(),
+            held: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl QueueMemory {
@@ -160,6 +174,7 @@ impl QueueMemory {
         let deadline = tokio::time::Instant::now()
             + Duration::from_millis(self.wait_ms.load(Ordering::Relaxed));
         self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.held.send_modify(|n| *n += 1);
         while self.full() {
             let drained = self.drained.notified();
             tokio::pin!(drained);
@@ -539,6 +554,12 @@ impl Router {
             u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+    }
+
+    /// The number of publishes that have waited for room under `mqtt.max_queued_bytes`,
+    /// updated as each begins to wait.
+    pub fn held_publishes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.memory.held.subscribe()
     }
 
     /// Bytes (topic + payload) queued across all sessions now.

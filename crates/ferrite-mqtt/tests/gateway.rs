@@ -1109,18 +1109,6 @@ async fn sessions_beyond_max_parked_end_with_their_connection() {
     shutdown.cancel();
 }
 
-/// Wait (bounded) until `cond` holds.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test]
 async fn publishers_wait_while_the_sessions_hold_max_queued_bytes() {
     use std::sync::atomic::Ordering::Relaxed;
@@ -1147,10 +1135,11 @@ async fn publishers_wait_while_the_sessions_hold_max_queued_bytes() {
     publisher
         .send(&publish_qos("m/1", 2, QoS::AtLeastOnce, second))
         .await;
-    until("the publish to be held", || {
-        router.stats().publishes_held.load(Relaxed) == 1
-    })
-    .await;
+    let mut held = router.held_publishes();
+    tokio::time::timeout(WAIT, held.wait_for(|n| *n == 1))
+        .await
+        .expect("the publish to be held")
+        .unwrap();
     let (mut s1, ack) = Raw::open(addr, persistent(ProtocolVersion::V5, "s1", 300)).await;
     assert!(ack.session_present);
     let p = s1.expect_publish().await;
