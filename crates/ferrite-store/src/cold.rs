@@ -131,6 +131,7 @@ struct CacheState {
 /// Local copies of cold files, least recently used out first.
 #[derive(Debug)]
 struct Cache {
+    /// The data folder (copies are in its `cache/`).
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<CacheState>,
@@ -176,7 +177,6 @@ impl Cache {
 /// The object store, the cache in front of it, and the runtime its calls run on.
 pub(crate) struct Tier {
     remote: Option<Remote>,
-    dir: PathBuf,
     cache: Arc<Cache>,
     /// Held while fetching, so one file is downloaded once however many readers want it.
     fetching: Mutex<()>,
@@ -210,7 +210,6 @@ impl Tier {
         };
         Ok(Self {
             remote,
-            dir: dir.to_owned(),
             cache: Arc::new(Cache {
                 dir: dir.to_owned(),
                 max_bytes: max_cache,
@@ -242,7 +241,7 @@ impl Tier {
     /// Index the cache folder at open: keep the copies of cold files `cold` names (id →
     /// size) whose size is right, delete everything else there.
     pub(crate) fn load_cache(&self, cold: &HashMap<u64, u64>) -> Result<(), StoreError> {
-        let dir = self.dir.join("cache");
+        let dir = self.cache.dir.join("cache");
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -367,7 +366,7 @@ impl Tier {
                 state.bytes -= e.bytes;
             }
         }
-        remove(&cache_path(&self.dir, id));
+        remove(&cache_path(&self.cache.dir, id));
         self.remote()?.delete(key)
     }
 

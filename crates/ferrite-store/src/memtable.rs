@@ -66,17 +66,6 @@ impl Fields {
     }
 }
 
-impl<'a> IntoIterator for &'a Fields {
-    type Item = (&'a Arc<str>, &'a Value);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (Arc<str>, Value)>,
-        fn(&'a (Arc<str>, Value)) -> (&'a Arc<str>, &'a Value),
-    >;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(n, v)| (n, v))
-    }
-}
-
 impl<N: Into<Arc<str>>> FromIterator<(N, Value)> for Fields {
     fn from_iter<I: IntoIterator<Item = (N, Value)>>(iter: I) -> Self {
         let mut out = Self::new();

@@ -232,7 +232,7 @@ fn aggregate<'a>(
         let bucket = out
             .entry((SeriesKey::clone(series), bucket_of(time, interval_ns)))
             .or_default();
-        for (name, v) in fields {
+        for (name, v) in fields.iter() {
             match bucket.get_mut(&**name) {
                 Some(agg) => agg.add(v),
                 None => {
