@@ -94,7 +94,7 @@ pub enum Action {
     },
     /// POST the row as JSON, retrying with exponential backoff.
     Webhook {
-        /// `http://…` (TLS is not built in).
+        /// `http://…` or `https://…` (the system's roots plus `rules.webhook_ca_file`).
         url: String,
         /// Extra request headers.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

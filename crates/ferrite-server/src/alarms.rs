@@ -55,6 +55,36 @@ pub(crate) struct Publication {
     done: oneshot::Sender<()>,
 }
 
+/// Closed alarms deleted per transaction by [`AlarmService::purge_closed`].
+const PURGE_BATCH: usize = 1000;
+/// How often closed alarms past their retention are looked for.
+pub(crate) const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Every [`PURGE_EVERY`] (and once at start), delete closed alarms older than `retention`.
+pub(crate) async fn purge_closed(
+    service: AlarmService,
+    retention: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let svc = service.clone();
+        match tokio::task::spawn_blocking(move || svc.purge_closed(retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                alarms = n,
+                "closed alarms past alarms.closed_retention deleted"
+            ),
+            Ok(Err(e)) => tracing::error!(error = %e, "closed alarms not purged"),
+            Err(e) => tracing::error!(error = %e, "closed-alarm purge failed"),
+        }
+    }
+}
+
 /// The alarm store; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct AlarmService {
@@ -139,6 +169,28 @@ impl AlarmService {
             }
         }
         state.tx = None;
+    }
+
+    /// Delete the alarms that closed longer than `retention` ago, in transactions of at most
+    /// [`PURGE_BATCH`] so raises never wait long behind it. Returns how many went.
+    pub(crate) fn purge_closed(&self, retention: std::time::Duration) -> Result<u64, String> {
+        let back = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        let before = Timestamp::from_nanos(self.inner.clock.now().as_nanos().saturating_sub(back));
+        let mut total = 0;
+        loop {
+            let state = self.lock();
+            let Some(database) = &state.db else {
+                return Ok(total);
+            };
+            let txn = db::begin(database)?;
+            let (n, complete) = db::purge_closed(&txn, before, PURGE_BATCH)?;
+            db::commit(txn, true)?;
+            drop(state);
+            total += n;
+            if complete {
+                return Ok(total);
+            }
+        }
     }
 
     /// This rule's counters.
@@ -507,5 +559,63 @@ mod tests {
         // A raise of the closed key opens alarm 4.
         svc.raise(raise("d1", "a")).unwrap();
         assert_eq!(svc.list(&open, None, 1).unwrap().items[0].id, 4);
+    }
+
+    #[test]
+    fn closed_alarms_go_after_their_retention_and_open_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(Timestamp::from_nanos(1_000_000_000_000));
+        let config = AlarmsConfig {
+            max_new_per_device: 1_000_000,
+            ..AlarmsConfig::default()
+        };
+        let (svc, _rx) = AlarmService::open(
+            &dir.path().join("alarms.redb"),
+            &config,
+            Arc::new(clock.clone()),
+        )
+        .unwrap();
+        let day = Duration::from_secs(86_400);
+        // 2,500 alarms closed by an operator (more than one purge batch), then one more
+        // closed a day later, one cleared by the rule but never acknowledged, one active.
+        for i in 0..2_500 {
+            svc.raise(raise(&format!("d{i}"), "old")).unwrap();
+            svc.clear(i + 1, "api:op", None).unwrap();
+        }
+        clock.set(Timestamp::from_nanos(
+            clock.now().as_nanos() + 86_400_000_000_000,
+        ));
+        svc.raise(raise("late", "old")).unwrap();
+        svc.clear(2_501, "api:op", None).unwrap();
+        svc.raise(raise("unacked", "x")).unwrap();
+        svc.clear_by_rule(("hot", "unacked", "x"), "cool").unwrap();
+        svc.raise(raise("active", "x")).unwrap();
+
+        clock.set(Timestamp::from_nanos(
+            clock.now().as_nanos() + 86_400_000_000_000,
+        ));
+        assert_eq!(svc.purge_closed(3 * day).unwrap(), 0, "nothing old enough");
+        assert_eq!(svc.purge_closed(day + day / 2).unwrap(), 2_500);
+        assert!(matches!(svc.get(1), Err(AlarmsApiError::NotFound(1))));
+        let left: Vec<u64> = svc
+            .list(&AlarmFilter::default(), None, 10)
+            .unwrap()
+            .items
+            .iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(left, [2_503, 2_502, 2_501]);
+        // The purged keys raise fresh alarms; ids are never reused.
+        svc.raise(raise("d0", "old")).unwrap();
+        assert_eq!(svc.get(2_504).unwrap().device, "d0");
+        assert_eq!(
+            svc.purge_closed(Duration::ZERO).unwrap(),
+            1,
+            "only 2,501 is closed"
+        );
+        assert_eq!(
+            svc.get(2_502).unwrap().state,
+            AlarmState::ClearedUnacknowledged
+        );
     }
 }

@@ -43,6 +43,17 @@ pub struct Config {
     pub fleet: ferrite_fleet::FleetConfig,
     /// Alarms raised by rules: flap detection and per-device rate limit.
     pub alarms: AlarmsConfig,
+    /// The rules engine: webhook trust and window-state checkpoints.
+    pub rules: RulesConfig,
+}
+
+/// `[rules]`: the rules engine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// A PEM file of CA certificates `https://` webhooks trust besides the system's roots
+    /// (empty: the system's only).
+    pub webhook_ca_file: PathBuf,
 }
 
 /// `[alarms]`: flap detection and the per-device rate limit of new alarms.
@@ -60,6 +71,9 @@ pub struct AlarmsConfig {
     /// The window of `max_new_per_device`.
     #[serde(with = "humantime_serde")]
     pub rate_window: std::time::Duration,
+    /// Closed alarms older than this (since they closed) are deleted; `0s` keeps them.
+    #[serde(with = "humantime_serde")]
+    pub closed_retention: std::time::Duration,
 }
 
 impl Default for AlarmsConfig {
@@ -70,6 +84,7 @@ impl Default for AlarmsConfig {
             flap_window: policy.flap_window,
             max_new_per_device: 20,
             rate_window: std::time::Duration::from_secs(60),
+            closed_retention: std::time::Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -297,6 +312,7 @@ pub fn load(sources: &ConfigSources) -> Result<(Config, Option<PathBuf>), Config
             "query" => section(value, &mut config.query, &key, &mut errs),
             "fleet" => section(value, &mut config.fleet, &key, &mut errs),
             "alarms" => section(value, &mut config.alarms, &key, &mut errs),
+            "rules" => section(value, &mut config.rules, &key, &mut errs),
             _ => {} // reported above as unknown
         }
     }
@@ -505,7 +521,7 @@ mod tests {
             top,
             [
                 "alarms", "auth", "data_dir", "fleet", "http", "ingest", "mqtt", "pg", "query",
-                "store"
+                "rules", "store"
             ],
             "a new section needs a line in `load` and in this test"
         );

@@ -249,13 +249,27 @@ impl Server {
         .map_err(ServerError::Alarms)?;
         // Ends when the alarm store is closed at shutdown (after routing what is queued).
         ingest.spawn(alarms::publish_events(alarm_events, router.clone()));
+        if !config.alarms.closed_retention.is_zero() {
+            background.spawn(alarms::purge_closed(
+                alarms.clone(),
+                config.alarms.closed_retention,
+                shutdown.clone(),
+            ));
+        }
+        let http = rules::webhook_client(&config.rules).map_err(|message| ServerError::Rules {
+            path: data_dir.join("rules"),
+            message,
+        })?;
         let rules = rules::RulesEngine::start(
             data_dir.join("rules"),
-            router.clone(),
-            Arc::clone(&store),
-            fleet.clone(),
-            alarms.clone(),
-            clock,
+            rules::Deps {
+                router: router.clone(),
+                store: Arc::clone(&store),
+                fleet: fleet.clone(),
+                alarms: alarms.clone(),
+                http,
+                clock,
+            },
             &shutdown,
         )?;
 

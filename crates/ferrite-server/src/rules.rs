@@ -48,6 +48,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ServerError;
 use crate::alarms::AlarmService;
+use crate::config::RulesConfig;
 
 /// Messages queued for one rule's evaluator; publishers wait when it is full.
 pub(crate) const QUEUE: usize = 1024;
@@ -61,13 +62,14 @@ pub(crate) const TAGS_TTL: Duration = Duration::from_secs(30);
 const MAX_NAME_LEN: usize = 64;
 
 /// What rule tasks need from the rest of the server.
-struct Deps {
-    router: Router,
-    store: Arc<Store>,
-    fleet: Fleet,
-    alarms: AlarmService,
-    http: reqwest::Client,
-    clock: Arc<dyn Clock>,
+pub(crate) struct Deps {
+    pub(crate) router: Router,
+    pub(crate) store: Arc<Store>,
+    pub(crate) fleet: Fleet,
+    pub(crate) alarms: AlarmService,
+    /// The webhooks' client ([`webhook_client`]).
+    pub(crate) http: reqwest::Client,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// The running rules; cheap to clone.
@@ -165,11 +167,7 @@ impl RulesEngine {
     /// its view.
     pub(crate) fn start(
         dir: PathBuf,
-        router: Router,
-        store: Arc<Store>,
-        fleet: Fleet,
-        alarms: AlarmService,
-        clock: Arc<dyn Clock>,
+        deps: Deps,
         shutdown: &CancellationToken,
     ) -> Result<Self, ServerError> {
         let path = dir.join(file::FILE_NAME);
@@ -177,13 +175,7 @@ impl RulesEngine {
             path: path.clone(),
             message,
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(actions::WEBHOOK_TIMEOUT)
-            .build()
-            .map_err(|e| ServerError::Rules {
-                path: path.clone(),
-                message: format!("cannot build the webhook client: {e}"),
-            })?;
+        let alarms = deps.alarms.clone();
         let engine = Self {
             inner: Arc::new(Inner {
                 path,
@@ -192,14 +184,7 @@ impl RulesEngine {
                 shutdown: shutdown.child_token(),
                 state: Mutex::new(State {
                     rules: BTreeMap::new(),
-                    deps: Some(Arc::new(Deps {
-                        router,
-                        store,
-                        fleet,
-                        alarms: alarms.clone(),
-                        http,
-                        clock,
-                    })),
+                    deps: Some(Arc::new(deps)),
                 }),
                 alarms,
             }),
@@ -469,12 +454,13 @@ fn check_action(a: &Action) -> Result<(), RulesApiError> {
                 .map_err(|e| RulesApiError::invalid(format!("table {table:?}: {e}")))?;
         }
         Action::Webhook { url, headers } => {
-            let ok = url
-                .strip_prefix("http://")
-                .is_some_and(|rest| !rest.is_empty());
+            let ok = reqwest::Url::parse(url).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            });
             if !ok {
                 return Err(RulesApiError::invalid(format!(
-                    "webhook: url {url:?}: only http:// URLs are supported"
+                    "webhook: url {url:?} is not an http:// or https:// URL"
                 )));
             }
             for (k, v) in headers {
@@ -653,6 +639,28 @@ async fn evaluate(
     }
 }
 
+/// The webhooks' HTTP client: the system's root certificates plus those of `ca_file` (PEM)
+/// if one is named.
+pub(crate) fn webhook_client(config: &RulesConfig) -> Result<reqwest::Client, String> {
+    let ca_file = &config.webhook_ca_file;
+    let mut builder = reqwest::Client::builder().timeout(actions::WEBHOOK_TIMEOUT);
+    if !ca_file.as_os_str().is_empty() {
+        let at =
+            |e: &dyn std::fmt::Display| format!("rules.webhook_ca_file {}: {e}", ca_file.display());
+        let pem = std::fs::read(ca_file).map_err(|e| at(&e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| at(&e))?;
+        if certs.is_empty() {
+            return Err(at(&"no PEM certificate in it"));
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the webhook client: {e}"))
+}
+
 /// A routed message as the rules language sees it; `None` if the payload is not JSON.
 fn to_message(m: &ferrite_mqtt::Message, tags: &mut TagCache) -> Option<Message> {
     let payload: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
@@ -751,7 +759,7 @@ mod tests {
         assert!(compile(&d).is_err());
         let mut d = def("SELECT temp FROM 'a'");
         d.actions.push(Action::Webhook {
-            url: "https://x".to_owned(),
+            url: "ftp://x".to_owned(),
             headers: BTreeMap::new(),
         });
         assert!(compile(&d).is_err());

@@ -449,6 +449,143 @@ async fn webhooks_deliver_rows_and_failures_reach_the_error_action() {
     fx.server.shutdown().await;
 }
 
+/// An HTTPS endpoint with a certificate for `localhost` signed by `issuer`: answers every
+/// request `200` and hands the body over. Plain HTTP/1.1 over the TLS stream, enough for one
+/// POST per connection.
+async fn https_receiver(
+    cert: &rcgen::Certificate,
+    key: &rcgen::KeyPair,
+) -> (u16, mpsc::Receiver<Value>) {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{ServerConfig, crypto};
+
+    let config =
+        ServerConfig::builder_with_provider(std::sync::Arc::new(crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(cert.der().to_vec())],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate fails the handshake.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let body = loop {
+                    let n = tls.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "request cut short");
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() >= end + 4 + len {
+                        break buf[end + 4..end + 4 + len].to_vec();
+                    }
+                };
+                tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                tls.shutdown().await.ok();
+                tx.send(serde_json::from_slice(&body).unwrap()).await.ok();
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn https_webhooks_trust_the_configured_ca_and_refuse_other_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    // A private CA the server is told to trust, and a certificate it issued for localhost.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &rcgen::Issuer::new(ca_params, &ca_key))
+        .unwrap();
+    let ca_file = dir.path().join("webhook-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    // A self-signed certificate nobody trusts.
+    let rogue_key = rcgen::KeyPair::generate().unwrap();
+    let rogue = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&rogue_key)
+        .unwrap();
+
+    let (trusted, mut received) = https_receiver(&leaf, &leaf_key).await;
+    let (untrusted, mut never) = https_receiver(&rogue, &rogue_key).await;
+    let fx = start_configured(&dir.path().join("data"), |c| {
+        c.rules.webhook_ca_file = ca_file.clone();
+    })
+    .await;
+    fx.create(json!({
+        "name": "secure",
+        "sql": HOT,
+        "actions": [{"type": "webhook", "url": format!("https://localhost:{trusted}/hook")}],
+    }))
+    .await;
+    fx.create(json!({
+        "name": "rogue",
+        "sql": HOT,
+        "actions": [{"type": "webhook", "url": format!("https://localhost:{untrusted}/hook")}],
+        "error_action": {"type": "republish", "topic": "errors/${device_id}"},
+    }))
+    .await;
+    let mut sub = fx.client("watcher").await;
+    sub.subscribe("errors/#").await;
+    let mut dev = fx.client("publisher").await;
+    dev.publish("devices/s1/telemetry", json!({"temp": 41}))
+        .await;
+
+    let body = tokio::time::timeout(WAIT, received.recv())
+        .await
+        .expect("the https webhook is called in time")
+        .unwrap();
+    assert_eq!(body, json!({"device": "s1", "temp": 41}));
+    let (topic, error) = sub.message().await;
+    assert_eq!(topic, "errors/s1");
+    assert_eq!(error["rule"], "rogue");
+    assert!(
+        never.try_recv().is_err(),
+        "an untrusted server never gets the row"
+    );
+    fx.server.shutdown().await;
+
+    // A CA file that holds no certificate stops the start with a message naming it.
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    let mut c = config(&dir.path().join("data"), ferrite_api::Anonymous::Loopback);
+    c.rules.webhook_ca_file = ca_file.clone();
+    let err = ferrite_server::Server::start(c)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("webhook_ca_file"), "{err}");
+}
+
 // ---- alarms and commands ----
 
 const HOTTER: &str =

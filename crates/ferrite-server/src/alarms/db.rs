@@ -9,12 +9,13 @@
 //!
 //! Alarms are JSON so fields can be added with `#[serde(default)]` without a migration; a
 //! breaking change bumps [`FORMAT_VERSION`], and a build refuses a file newer than it knows.
-//! Closed alarms are kept (no retention yet).
+//! Closed alarms are deleted [`purge_closed`] some time after they closed (`alarms.closed_retention`).
 
 use std::path::Path;
 
 use ferrite_api::alarms::{AlarmFilter, AlarmPage};
-use ferrite_rules::alarm::Alarm;
+use ferrite_core::Timestamp;
+use ferrite_rules::alarm::{Alarm, AlarmState};
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 /// The format this build writes and the newest it reads.
@@ -172,4 +173,48 @@ pub(super) fn list(
         items.push(alarm);
     }
     Ok(AlarmPage { items, next })
+}
+
+/// When a closed alarm closed: its clear, or the acknowledgement that closed a cleared one.
+fn closed_at(alarm: &Alarm) -> Option<Timestamp> {
+    (alarm.state == AlarmState::Cleared)
+        .then(|| alarm.cleared_at.max(alarm.acknowledged_at))
+        .flatten()
+}
+
+/// Delete up to `limit` alarms that closed before `before` (with their key's entry when it
+/// still names them, so the key's next raise opens a new alarm as after any close), oldest
+/// id first. Returns how many were deleted and whether the scan reached the end.
+pub(super) fn purge_closed(
+    txn: &WriteTransaction,
+    before: Timestamp,
+    limit: usize,
+) -> Result<(u64, bool), String> {
+    let mut doomed = Vec::new();
+    let mut complete = true;
+    {
+        let alarms = txn.open_table(ALARMS).map_err(e)?;
+        for entry in alarms.iter().map_err(e)? {
+            let (id, bytes) = entry.map_err(e)?;
+            let alarm = decode(bytes.value(), id.value())?;
+            if closed_at(&alarm).is_some_and(|t| t < before) {
+                if doomed.len() == limit {
+                    complete = false;
+                    break;
+                }
+                doomed.push(alarm);
+            }
+        }
+    }
+    let mut alarms = txn.open_table(ALARMS).map_err(e)?;
+    let mut keys = txn.open_table(KEYS).map_err(e)?;
+    for a in &doomed {
+        alarms.remove(a.id).map_err(e)?;
+        let key = (a.rule.as_str(), a.device.as_str(), a.alarm_type.as_str());
+        let latest = keys.get(key).map_err(e)?.map(|v| v.value());
+        if latest == Some(a.id) {
+            keys.remove(key).map_err(e)?;
+        }
+    }
+    Ok((doomed.len() as u64, complete))
 }
