@@ -435,6 +435,138 @@ pub async fn latency(
     })
 }
 
+/// Figures of one publish → alarm run.
+#[derive(Debug, Serialize)]
+pub struct AlarmLatency {
+    /// What ran.
+    pub test: String,
+    /// Telemetry messages published.
+    pub published: u64,
+    /// Of them, readings that should raise an alarm.
+    pub triggers: u64,
+    /// `raised` alarm events received (and measured).
+    pub alarms: u64,
+    /// Publish of the triggering reading → its `raised` event delivered, median, µs.
+    pub p50_us: u32,
+    /// 99th percentile, µs.
+    pub p99_us: u32,
+    /// Largest, µs.
+    pub max_us: u32,
+}
+
+/// The alarm path under load: `rate` telemetry readings per second for `duration`, QoS 1,
+/// as JSON `{"temp", "sent", "seq"}` on `devices/{id}/telemetry` — normal readings
+/// (`temp` 20) from `devices` devices and every `every`-th one hot (`temp` 99) from a
+/// device of its own (`hot-{seq}`), so each hot reading opens one new alarm — while a
+/// subscriber on `$ferrite/alarms/+/+/raised` takes `alarm.values.sent` of each event. The
+/// server must run a rule raising an alarm for `temp > 80` that selects `sent` (bench/rules
+/// creates it). Publishes are not held back by acknowledgements.
+pub async fn alarm_latency(
+    addr: SocketAddr,
+    rate: u32,
+    duration: Duration,
+    devices: u32,
+    every: u64,
+) -> Result<AlarmLatency, BenchError> {
+    let tag = std::process::id();
+    let mut sub = connect(addr, &format!("bench-asub-{tag}")).await?;
+    subscribe(&mut sub, "$ferrite/alarms/+/+/raised", QoS::AtLeastOnce).await?;
+    let Conn {
+        mut reader,
+        mut writer,
+    } = connect(addr, &format!("bench-apub-{tag}")).await?;
+    let count = u64::from(rate) * duration.as_secs().max(1);
+    let every = every.max(1);
+    let triggers = count / every;
+    let epoch = Instant::now();
+    let receiving = tokio::spawn(async move {
+        let mut lat = Vec::new();
+        let mut acks = BytesMut::new();
+        while (lat.len() as u64) < triggers {
+            let packet = match tokio::time::timeout(Duration::from_secs(5), sub.reader.next()).await
+            {
+                Ok(p) => p?,
+                Err(_) => break,
+            };
+            let Some(Packet::Publish(p)) = packet else {
+                continue;
+            };
+            let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let event: serde_json::Value = serde_json::from_slice(&p.payload)
+                .map_err(|e| BenchError::Protocol(format!("alarm event is not JSON: {e}")))?;
+            if let Some(sent) = event["alarm"]["values"]["sent"].as_u64() {
+                lat.push(u32::try_from(now.saturating_sub(sent) / 1000).unwrap_or(u32::MAX));
+            }
+            if let Some(id) = p.packet_id {
+                encode(&Packet::PubAck(PubAck::new(id)), &mut acks)?;
+                sub.writer.write_all(&acks).await?;
+                acks.clear();
+            }
+        }
+        Ok::<_, BenchError>(lat)
+    });
+    let acks = tokio::spawn(async move { while let Ok(Some(_)) = reader.next().await {} });
+    // Publish in 1 ms steps: each step sends what the rate owes by then.
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut buf = BytesMut::new();
+    let mut sent = 0u64;
+    let mut id: u16 = 0;
+    while sent < count {
+        tick.tick().await;
+        let due = (epoch.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        buf.clear();
+        while sent < due.min(count) {
+            let seq = sent;
+            sent += 1;
+            let hot = seq % every == every - 1;
+            let device = if hot {
+                format!("hot-{seq}")
+            } else {
+                format!("d{}", seq % u64::from(devices.max(1)))
+            };
+            let stamp = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let payload = format!(
+                r#"{{"temp":{},"sent":{stamp},"seq":{seq}}}"#,
+                if hot { 99 } else { 20 }
+            );
+            id = id.checked_add(1).unwrap_or(1);
+            encode(
+                &publish(
+                    &format!("devices/{device}/telemetry"),
+                    QoS::AtLeastOnce,
+                    id,
+                    Bytes::from(payload),
+                ),
+                &mut buf,
+            )?;
+        }
+        if !buf.is_empty() {
+            writer.write_all(&buf).await?;
+        }
+    }
+    let mut lat = receiving
+        .await
+        .map_err(|e| BenchError::Protocol(e.to_string()))??;
+    acks.abort();
+    let alarms = lat.len() as u64;
+    lat.sort_unstable();
+    let pick = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok(AlarmLatency {
+        test: format!("publish → alarm @{rate}/s, 1 in {every} hot"),
+        published: count,
+        triggers,
+        alarms,
+        p50_us: pick(0.50),
+        p99_us: pick(0.99),
+        max_us: lat.last().copied().unwrap_or(0),
+    })
+}
+
 /// Figures of a connection-rate run.
 #[derive(Debug, Serialize)]
 pub struct Connections {

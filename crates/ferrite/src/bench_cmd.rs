@@ -47,6 +47,25 @@ pub(crate) enum MqttBench {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
         qos: u8,
     },
+    /// Telemetry at a fixed rate, some of it hot; publish → `raised` alarm event delivered
+    /// (Ferrite with a `temp > 80` raise_alarm rule selecting `sent`, as bench/rules sets up).
+    AlarmLatency {
+        /// The broker.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Readings per second.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u32,
+        /// How long to publish.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Devices sending the normal readings.
+        #[arg(long, default_value_t = 1000)]
+        devices: u32,
+        /// One reading in this many is hot (from a device of its own).
+        #[arg(long, default_value_t = 100)]
+        every: u64,
+    },
     /// Open connections (CONNECT → CONNACK) as fast as the broker accepts them.
     Connect {
         /// The broker.
@@ -137,6 +156,15 @@ pub(crate) async fn mqtt(bench: MqttBench) -> ExitCode {
             duration,
             qos: q,
         } => mqttbench::latency(addr, rate, duration, qos(q))
+            .await
+            .map(|r| serde_json::to_string(&r)),
+        MqttBench::AlarmLatency {
+            addr,
+            rate,
+            duration,
+            devices,
+            every,
+        } => mqttbench::alarm_latency(addr, rate, duration, devices, every)
             .await
             .map(|r| serde_json::to_string(&r)),
         MqttBench::Connect {
