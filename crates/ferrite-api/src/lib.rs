@@ -148,6 +148,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/rules/{name}/enable", post(rules::enable))
         .route("/api/v1/rules/{name}/disable", post(rules::disable))
+        .route("/api/v1/rules/{name}/replay", post(rules::replay))
         .route("/api/v1/alarms", get(alarms::list))
         .route("/api/v1/alarms/stats", get(alarms::stats))
         .route("/api/v1/alarms/{id}", get(alarms::get))

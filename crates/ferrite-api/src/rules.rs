@@ -237,6 +237,51 @@ impl RulesApiError {
     }
 }
 
+/// `POST /api/v1/rules/{name}/replay`: run a rule over stored telemetry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Start of the range, inclusive: RFC 3339 or integer nanoseconds.
+    pub from: String,
+    /// End of the range, exclusive.
+    pub to: String,
+    /// Also run the rule's actions on what it emits (default: only report it).
+    #[serde(default)]
+    pub actions: bool,
+    /// Most emitted rows to return (default 1,000, at most 100,000); all are counted, and
+    /// with `actions` all are acted on.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// The most rows a replay returns.
+pub const REPLAY_MAX_ROWS: usize = 100_000;
+
+/// What a replay did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplayReport {
+    /// The tables read: those whose telemetry topics the rule's `FROM` can match.
+    pub tables: Vec<String>,
+    /// Stored rows offered to the rule as messages, in time order.
+    pub messages: u64,
+    /// Rows without a `device_id` tag (not telemetry from a device), not offered.
+    pub skipped: u64,
+    /// Messages that passed `WHERE`.
+    pub matched: u64,
+    /// Rows the rule emitted (windows still open at the end of the range are closed).
+    pub emitted: u64,
+    /// Windowed rules: readings too late for every window.
+    pub late_events: u64,
+    /// The first `limit` emitted rows: `{"row", "window"?, "update"?}`.
+    pub rows: Vec<serde_json::Value>,
+    /// More rows were emitted than returned.
+    pub truncated: bool,
+    /// With `actions`: actions that succeeded and that failed.
+    pub actions_ok: u64,
+    /// With `actions`: actions that failed (each went to the error action if any).
+    pub actions_failed: u64,
+}
+
 /// What the rules engine offers the API. Methods may block briefly (they persist the rule
 /// set with an fsync); the API calls them off the async workers.
 pub trait RulesApi: Send + Sync + 'static {
@@ -252,6 +297,9 @@ pub trait RulesApi: Send + Sync + 'static {
     fn get(&self, name: &str) -> Result<RuleView, RulesApiError>;
     /// Every rule, by name.
     fn list(&self) -> Vec<RuleView>;
+    /// Run rule `name`'s definition, with fresh state, over the stored telemetry of a time
+    /// range (the live rule is not touched). May take long: the API calls it off the workers.
+    fn replay(&self, name: &str, request: ReplayRequest) -> Result<ReplayReport, RulesApiError>;
 }
 
 fn rules_error(e: &RulesApiError) -> Response {
@@ -433,6 +481,29 @@ async fn set_enabled(state: ApiState, p: ApiPrincipal, name: String, enabled: bo
     };
     audit(&state, &p, action, &target, serde_json::Value::Null).await;
     Json(view).into_response()
+}
+
+pub(crate) async fn replay(
+    State(state): State<ApiState>,
+    Extension(p): Extension<ApiPrincipal>,
+    Path(name): Path<String>,
+    JsonBody(request): JsonBody<ReplayRequest>,
+) -> Response {
+    // Reading stored data is a query; acting on it is a rule change.
+    tri!(require(&p, Permission::Query));
+    if request.actions {
+        tri!(require(&p, Permission::WriteRules));
+    }
+    let (target, detail) = (
+        name.clone(),
+        serde_json::to_value(&request).unwrap_or_default(),
+    );
+    let acting = request.actions;
+    let report = tri!(call(&state, move |e| e.replay(&name, request)).await);
+    if acting {
+        audit(&state, &p, "rule.replay", &target, detail).await;
+    }
+    Json(report).into_response()
 }
 
 #[cfg(test)]

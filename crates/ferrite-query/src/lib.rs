@@ -307,6 +307,47 @@ impl QueryEngine {
         from: Option<ferrite_core::Timestamp>,
         to: Option<ferrite_core::Timestamp>,
     ) -> Result<Export, QueryError> {
+        let df = self.range(table, from, to).await?;
+        let rows = df
+            .clone()
+            .count()
+            .await
+            .map_err(QueryError::from_datafusion)?;
+        let stream = df
+            .execute_stream()
+            .await
+            .map_err(QueryError::from_datafusion)?;
+        Ok(Export {
+            rows: rows as u64,
+            stream,
+        })
+    }
+
+    /// Every row of `table` with `from <= time < to`, in time order (rule replay). Sorted
+    /// within the memory limit, so callers ask for ranges that fit (an hour of a table).
+    pub async fn range_in_time_order(
+        &self,
+        table: &str,
+        from: ferrite_core::Timestamp,
+        to: ferrite_core::Timestamp,
+    ) -> Result<SendableRecordBatchStream, QueryError> {
+        use datafusion::prelude::col;
+        self.range(table, Some(from), Some(to))
+            .await?
+            .sort(vec![col("time").sort(true, false)])
+            .map_err(QueryError::from_datafusion)?
+            .execute_stream()
+            .await
+            .map_err(QueryError::from_datafusion)
+    }
+
+    /// The rows of `table` in a time range, strings as plain UTF-8.
+    async fn range(
+        &self,
+        table: &str,
+        from: Option<ferrite_core::Timestamp>,
+        to: Option<ferrite_core::Timestamp>,
+    ) -> Result<datafusion::dataframe::DataFrame, QueryError> {
         use datafusion::prelude::{col, lit};
         if !self
             .ctx
@@ -352,20 +393,7 @@ impl QueryEngine {
                 }
             })
             .collect();
-        df = df.select(plain).map_err(QueryError::from_datafusion)?;
-        let rows = df
-            .clone()
-            .count()
-            .await
-            .map_err(QueryError::from_datafusion)?;
-        let stream = df
-            .execute_stream()
-            .await
-            .map_err(QueryError::from_datafusion)?;
-        Ok(Export {
-            rows: rows as u64,
-            stream,
-        })
+        df.select(plain).map_err(QueryError::from_datafusion)
     }
 
     async fn collect(

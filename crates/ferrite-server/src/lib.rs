@@ -268,6 +268,7 @@ impl Server {
                 fleet: fleet.clone(),
                 alarms: alarms.clone(),
                 http,
+                query: Arc::clone(&query),
                 clock,
             },
             &shutdown,

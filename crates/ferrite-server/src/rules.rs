@@ -27,6 +27,7 @@
 
 mod actions;
 mod file;
+mod replay;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -34,7 +35,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ferrite_api::rules::{Action, RuleCounters, RuleDefinition, RuleView, RulesApi, RulesApiError};
+use ferrite_api::rules::{
+    Action, ReplayReport, ReplayRequest, RuleCounters, RuleDefinition, RuleView, RulesApi,
+    RulesApiError,
+};
 use ferrite_core::decode::parse_ts;
 use ferrite_core::{Clock, DeviceId, Measurement, Timestamp, TopicName};
 use ferrite_fleet::Fleet;
@@ -69,6 +73,8 @@ pub(crate) struct Deps {
     pub(crate) alarms: AlarmService,
     /// The webhooks' client ([`webhook_client`]).
     pub(crate) http: reqwest::Client,
+    /// Stored telemetry, for replays.
+    pub(crate) query: Arc<ferrite_query::QueryEngine>,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -159,6 +165,33 @@ pub(crate) struct Job {
     device_id: Option<String>,
     /// The triggering message's topic (stateless rules).
     topic: Option<String>,
+}
+
+impl Job {
+    /// The job for output `o`, emitted for `source` (`None`: by a watermark advance or the
+    /// final flush), at processing time `now`.
+    fn of(o: ferrite_rules::lang::Output, source: Option<&Message>, now: Timestamp) -> Self {
+        match (&o.window, source) {
+            (Some(w), _) => Self {
+                time: w.end,
+                row: o.row,
+                device_id: None,
+                topic: None,
+            },
+            (None, Some(m)) => Self {
+                row: o.row,
+                time: m.time(),
+                device_id: m.device_id.as_ref().map(|d| d.as_str().to_owned()),
+                topic: Some(m.topic.as_str().to_owned()),
+            },
+            (None, None) => Self {
+                row: o.row,
+                time: now,
+                device_id: None,
+                topic: None,
+            },
+        }
+    }
 }
 
 impl RulesEngine {
@@ -389,6 +422,33 @@ impl RulesApi for RulesEngine {
     fn list(&self) -> Vec<RuleView> {
         self.lock().rules.values().map(|e| self.view(e)).collect()
     }
+
+    fn replay(&self, name: &str, request: ReplayRequest) -> Result<ReplayReport, RulesApiError> {
+        let (def, deps) = {
+            let state = self.lock();
+            let entry = state
+                .rules
+                .get(name)
+                .ok_or_else(|| RulesApiError::NotFound(name.to_owned()))?;
+            let deps = state
+                .deps
+                .clone()
+                .ok_or_else(|| RulesApiError::Internal("the rules engine has stopped".into()))?;
+            (entry.def.clone(), deps)
+        };
+        let rule = compile(&def)?;
+        let runner = request.actions.then(|| actions::Runner {
+            rule: Arc::from(name),
+            actions: def.actions.clone(),
+            error_action: def.error_action.clone(),
+            counters: Arc::default(),
+            deps: Arc::clone(&deps),
+        });
+        // Called on a blocking thread (the API's rule calls are), so it may wait here.
+        self.inner
+            .runtime
+            .block_on(replay::run(name, rule, runner, deps, &request))
+    }
 }
 
 impl RulesEngine {
@@ -608,26 +668,7 @@ async fn evaluate(
             .late_events
             .store(stats.late_events, Ordering::Relaxed);
         for o in out.drain(..) {
-            let job = match (&o.window, &source) {
-                (Some(w), _) => Job {
-                    row: o.row,
-                    time: w.end,
-                    device_id: None,
-                    topic: None,
-                },
-                (None, Some(m)) => Job {
-                    row: o.row,
-                    time: m.time(),
-                    device_id: m.device_id.as_ref().map(|d| d.as_str().to_owned()),
-                    topic: Some(m.topic.as_str().to_owned()),
-                },
-                (None, None) => Job {
-                    row: o.row,
-                    time: deps.clock.now(),
-                    device_id: None,
-                    topic: None,
-                },
-            };
+            let job = Job::of(o, source.as_ref(), deps.clock.now());
             // Never wait for the actions: a full queue drops the row (counted).
             if actions.try_send(job).is_err() {
                 let n = counters.actions_dropped.fetch_add(1, Ordering::Relaxed) + 1;

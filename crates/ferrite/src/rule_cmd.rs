@@ -73,6 +73,25 @@ pub(crate) enum RuleCommand {
         /// Rule name.
         name: String,
     },
+    /// Run a stored rule, with fresh state, over the telemetry stored between two times, and
+    /// print what it emits (one JSON line per row, then the counts); the live rule is not
+    /// touched. With --actions the rows also go through the rule's actions (backfill).
+    Replay {
+        /// Rule name.
+        name: String,
+        /// Start, inclusive: RFC 3339 (`2026-12-01T00:00:00Z`) or integer nanoseconds.
+        #[arg(long)]
+        from: String,
+        /// End, exclusive.
+        #[arg(long)]
+        to: String,
+        /// Run the rule's actions on every emitted row.
+        #[arg(long)]
+        actions: bool,
+        /// Most rows to print (all are counted); at most 100,000.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
     /// Run a rule offline (no server) over NDJSON messages and print what it emits for each.
     Test {
         /// The rule SQL.
@@ -190,6 +209,26 @@ async fn rule_inner(api: ApiArgs, command: RuleCommand) -> Result<String, ExitCo
         RuleCommand::Disable { name } => call(&api, Method::POST, &path(&name, "/disable"), None)
             .await
             .map(|_| format!("rule {name} disabled\n")),
+        RuleCommand::Replay {
+            name,
+            from,
+            to,
+            actions,
+            limit,
+        } => {
+            let body = json!({"from": from, "to": to, "actions": actions, "limit": limit});
+            let mut v = call(&api, Method::POST, &path(&name, "/replay"), Some(body)).await?;
+            let mut text = String::new();
+            if let Some(rows) = v.as_object_mut().and_then(|o| o.remove("rows")) {
+                for r in rows.as_array().into_iter().flatten() {
+                    text.push_str(&r.to_string());
+                    text.push('\n');
+                }
+            }
+            text.push_str(&json!({ "stats": v }).to_string());
+            text.push('\n');
+            Ok(text)
+        }
         RuleCommand::Test {
             sql,
             input,

@@ -94,7 +94,7 @@ pub(crate) async fn run(runner: Runner, mut rx: mpsc::Receiver<Job>, cancel: Can
 }
 
 impl Runner {
-    async fn run_all(&self, job: &Job, me: &Arc<str>) {
+    pub(crate) async fn run_all(&self, job: &Job, me: &Arc<str>) {
         for action in &self.actions {
             match execute(action, job, &self.deps, &self.rule, me).await {
                 Ok(()) => {
