@@ -61,13 +61,17 @@ impl Detector for StuckAt {
 
 /// Flags a signal whose consecutive samples have stayed within a band of `tolerance`
 /// (max − min) for at least `span` of event time: a dead sensor reading noise-free, as
-/// opposed to [`StuckAt`]'s exact repeats.
+/// opposed to [`StuckAt`]'s exact repeats. A silence longer than `span` between two samples
+/// starts a new run: two similar readings either side of an outage are no evidence of a
+/// flat line through it (that is the gap detector's to report).
 #[derive(Clone, Debug)]
 pub struct FlatLine {
     span: i64,
     tolerance: f64,
     /// Start time, min and max of the current run of in-band samples.
     run: Option<(i64, f64, f64)>,
+    /// Time of the previous sample.
+    last: Option<i64>,
     episode: Episode,
 }
 
@@ -85,6 +89,7 @@ impl FlatLine {
             span,
             tolerance,
             run: None,
+            last: None,
             episode: Episode::default(),
         })
     }
@@ -93,8 +98,14 @@ impl FlatLine {
 impl Detector for FlatLine {
     fn observe(&mut self, time: Timestamp, value: f64) -> Option<Anomaly> {
         let t = time.as_nanos();
+        let silent = self
+            .last
+            .replace(t)
+            .is_some_and(|prev| t.saturating_sub(prev) > self.span);
         let run = match self.run {
-            Some((start, lo, hi)) if value.max(hi) - value.min(lo) <= self.tolerance => {
+            Some((start, lo, hi))
+                if !silent && value.max(hi) - value.min(lo) <= self.tolerance =>
+            {
                 (start, value.min(lo), value.max(hi))
             }
             // Out of band: a new run starts at this sample.
@@ -322,6 +333,20 @@ mod tests {
         let found = run(&mut d, &xs);
         assert_eq!(onsets(&found), vec![1_060]);
         assert_eq!(found.last().map(|(i, _)| *i), Some(1_119));
+    }
+
+    #[test]
+    fn flat_line_does_not_bridge_a_silence() {
+        let mut d = FlatLine::new(Duration::from_secs(180), 0.05).expect("valid");
+        let at = |s: i64| Timestamp::from_nanos(s * 1_000_000_000);
+        // A noisy reading, then 880 s of nothing, then a close value: no flat line.
+        assert!(d.observe(at(0), 22.37).is_none());
+        assert!(d.observe(at(880), 22.35).is_none());
+        // Readings every 10 s within the band do make one once they span 180 s.
+        let flagged: Vec<i64> = (1..=20)
+            .filter(|k| d.observe(at(880 + k * 10), 22.35).is_some())
+            .collect();
+        assert_eq!(flagged.first(), Some(&18), "180 s after the run began at 880 s");
     }
 
     #[test]
