@@ -63,6 +63,12 @@ pub struct RuleDefinition {
         skip_serializing_if = "Option::is_none"
     )]
     pub allowed_lateness: Option<Duration>,
+    /// Windowed rules: the payload field (dotted path) holding a message id — a device's
+    /// sequence number, say. A reading whose id its device already sent within the same
+    /// window is dropped as a duplicate (exact, up to 65,536 ids per window; beyond, readings
+    /// are admitted unchecked and counted). Without it nothing is deduplicated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -176,6 +182,9 @@ pub struct RuleCounters {
     pub rows: u64,
     /// Windowed rules: readings too late for every window.
     pub late_events: u64,
+    /// Windowed rules: readings dropped as duplicates by `message_id`.
+    #[serde(default)]
+    pub duplicates: u64,
     /// Actions that succeeded (one per row and action).
     pub actions_ok: u64,
     /// Actions that failed (after retries; each went to the error action if any).
@@ -272,6 +281,8 @@ pub struct ReplayReport {
     pub emitted: u64,
     /// Windowed rules: readings too late for every window.
     pub late_events: u64,
+    /// Windowed rules: readings dropped as duplicates by `message_id`.
+    pub duplicates: u64,
     /// The first `limit` emitted rows: `{"row", "window"?, "update"?}`.
     pub rows: Vec<serde_json::Value>,
     /// More rows were emitted than returned.

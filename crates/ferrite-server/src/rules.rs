@@ -133,6 +133,7 @@ pub(crate) struct Counters {
     matched: AtomicU64,
     rows: AtomicU64,
     late_events: AtomicU64,
+    duplicates: AtomicU64,
     actions_ok: AtomicU64,
     actions_failed: AtomicU64,
     actions_dropped: AtomicU64,
@@ -147,6 +148,7 @@ impl Counters {
             matched: get(&self.matched),
             rows: get(&self.rows),
             late_events: get(&self.late_events),
+            duplicates: get(&self.duplicates),
             actions_ok: get(&self.actions_ok),
             actions_failed: get(&self.actions_failed),
             actions_dropped: get(&self.actions_dropped),
@@ -288,7 +290,10 @@ impl RulesEngine {
             evaluate(
                 Arc::clone(&name),
                 rule,
-                rx,
+                Input {
+                    rx,
+                    message_id: entry.def.message_id.clone(),
+                },
                 tx,
                 Arc::clone(&entry.counters),
                 Arc::clone(&deps),
@@ -445,9 +450,14 @@ impl RulesApi for RulesEngine {
             deps: Arc::clone(&deps),
         });
         // Called on a blocking thread (the API's rule calls are), so it may wait here.
-        self.inner
-            .runtime
-            .block_on(replay::run(name, rule, runner, deps, &request))
+        self.inner.runtime.block_on(replay::run(
+            name,
+            rule,
+            def.message_id.as_deref(),
+            runner,
+            deps,
+            &request,
+        ))
     }
 }
 
@@ -474,6 +484,13 @@ fn compile(def: &RuleDefinition) -> Result<Rule, RulesApiError> {
     }
     for a in def.actions.iter().chain(&def.error_action) {
         check_action(a)?;
+    }
+    if let Some(field) = &def.message_id
+        && (field.is_empty() || field.split('.').any(str::is_empty))
+    {
+        return Err(RulesApiError::invalid(format!(
+            "message_id {field:?}: name a payload field, e.g. \"seq\" or \"meta.id\""
+        )));
     }
     let options = RuleOptions {
         watermark: WatermarkConfig {
@@ -618,11 +635,18 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// What an evaluator reads: its subscription, and where messages carry their ids.
+struct Input {
+    rx: mpsc::Receiver<Delivery>,
+    /// The payload field of message ids (`RuleDefinition::message_id`).
+    message_id: Option<String>,
+}
+
 /// The evaluator task of one rule (see the module docs).
 async fn evaluate(
     name: Arc<str>,
     mut rule: Rule,
-    mut rx: mpsc::Receiver<Delivery>,
+    Input { mut rx, message_id }: Input,
     actions: mpsc::Sender<Job>,
     counters: Arc<Counters>,
     deps: Arc<Deps>,
@@ -644,11 +668,14 @@ async fn evaluate(
                     continue;
                 }
                 counters.messages.fetch_add(1, Ordering::Relaxed);
-                let Some(msg) = to_message(&d.message, &mut tags) else {
+                let Some(mut msg) = to_message(&d.message, &mut tags) else {
                     counters.bad_payloads.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(rule = %name, topic = %d.message.topic, "rule input is not JSON");
                     continue;
                 };
+                if let Some(field) = &message_id {
+                    msg.set_id_from(field);
+                }
                 rule.process(&msg, &mut out);
                 Some(msg)
             }
@@ -667,6 +694,9 @@ async fn evaluate(
         counters
             .late_events
             .store(stats.late_events, Ordering::Relaxed);
+        counters
+            .duplicates
+            .store(stats.duplicates, Ordering::Relaxed);
         for o in out.drain(..) {
             let job = Job::of(o, source.as_ref(), deps.clock.now());
             // Never wait for the actions: a full queue drops the row (counted).

@@ -251,6 +251,73 @@ async fn tumbling_window_rule_writes_aggregates_to_a_table() {
 }
 
 #[tokio::test]
+async fn windowed_rules_drop_readings_a_device_sent_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = start(dir.path()).await;
+    fx.create(json!({
+        "name": "dedup",
+        "sql": "SELECT device_id() AS device, count(*) AS n, sum(temp) AS total \
+                FROM 'devices/+/telemetry' GROUP BY device_id(), TUMBLE('1s')",
+        "out_of_orderness": "0s",
+        "message_id": "seq",
+        "actions": [{"type": "republish", "topic": "counted/${device}"}],
+    }))
+    .await;
+    let mut sub = fx.client("watcher").await;
+    sub.subscribe("counted/#").await;
+    let mut dev = fx.client("dups").await;
+    let base: i64 = 1_700_000_000_000;
+    // d1 sends seq 1 twice (a retry), d2 also has a seq 1 (its own), one reading has no id.
+    for (device, offset, seq, temp) in [
+        ("d1", 100, Some(1), 10.0),
+        ("d1", 100, Some(1), 10.0),
+        ("d1", 400, Some(2), 20.0),
+        ("d2", 200, Some(1), 5.0),
+        ("d1", 600, None, 1.0),
+    ] {
+        let mut p = json!({ "ts": base + offset, "temp": temp });
+        if let Some(seq) = seq {
+            p["seq"] = json!(seq);
+        }
+        dev.publish(&format!("devices/{device}/telemetry"), p).await;
+    }
+    // Far later: the watermark passes the first window.
+    dev.publish(
+        "devices/d3/telemetry",
+        json!({ "ts": base + 5_000, "temp": 0 }),
+    )
+    .await;
+    let mut got = [sub.message().await, sub.message().await];
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got[0],
+        (
+            "counted/d1".to_owned(),
+            json!({"device": "d1", "n": 3, "total": 31.0})
+        )
+    );
+    assert_eq!(
+        got[1],
+        (
+            "counted/d2".to_owned(),
+            json!({"device": "d2", "n": 1, "total": 5.0})
+        )
+    );
+    let (_, v) = fx.call(Method::GET, "/rules/dedup", None).await;
+    assert_eq!(v["stats"]["duplicates"], 1, "{v}");
+    // An empty path is refused.
+    let (status, _) = fx
+        .call(
+            Method::POST,
+            "/rules",
+            Some(json!({"name": "x", "sql": "SELECT count(*) FROM 'a' GROUP BY TUMBLE('1s')", "message_id": "a..b"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_rules_are_refused_with_the_position() {
     let dir = tempfile::tempdir().unwrap();
     let fx = start(dir.path()).await;

@@ -106,6 +106,9 @@ pub(crate) enum RuleCommand {
         /// Windowed rules: how long a fired window still takes late readings.
         #[arg(long, value_name = "DURATION", default_value = "0s")]
         allowed_lateness: humantime::Duration,
+        /// Windowed rules: the payload field holding message ids (duplicates are dropped).
+        #[arg(long, value_name = "FIELD")]
+        message_id: Option<String>,
     },
 }
 
@@ -234,13 +237,14 @@ async fn rule_inner(api: ApiArgs, command: RuleCommand) -> Result<String, ExitCo
             input,
             out_of_orderness,
             allowed_lateness,
+            message_id,
         } => {
             let text = read_file(&input)?;
             test(
                 &sql,
                 &text,
-                out_of_orderness.into(),
-                allowed_lateness.into(),
+                (out_of_orderness.into(), allowed_lateness.into()),
+                message_id.as_deref(),
             )
         }
     }
@@ -258,11 +262,12 @@ fn parse_json(flag: &str, text: &str) -> Result<Value, ExitCode> {
 }
 
 /// Run `sql` over the NDJSON `input`; the trace as JSON lines.
+/// `lateness` is (out-of-orderness, allowed lateness).
 fn test(
     sql: &str,
     input: &str,
-    out_of_orderness: Duration,
-    allowed_lateness: Duration,
+    (out_of_orderness, allowed_lateness): (Duration, Duration),
+    message_id: Option<&str>,
 ) -> Result<String, ExitCode> {
     let options = RuleOptions {
         watermark: WatermarkConfig {
@@ -283,10 +288,13 @@ fn test(
         if line.trim().is_empty() {
             continue;
         }
-        let msg = message(line).map_err(|e| {
+        let mut msg = message(line).map_err(|e| {
             eprintln!("error: input line {n}: {e}");
             ExitCode::from(2)
         })?;
+        if let Some(field) = message_id {
+            msg.set_id_from(field);
+        }
         rule.process(&msg, &mut out);
         trace.push_str(
             &json!({

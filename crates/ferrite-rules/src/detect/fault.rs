@@ -103,9 +103,7 @@ impl Detector for FlatLine {
             .replace(t)
             .is_some_and(|prev| t.saturating_sub(prev) > self.span);
         let run = match self.run {
-            Some((start, lo, hi))
-                if !silent && value.max(hi) - value.min(lo) <= self.tolerance =>
-            {
+            Some((start, lo, hi)) if !silent && value.max(hi) - value.min(lo) <= self.tolerance => {
                 (start, value.min(lo), value.max(hi))
             }
             // Out of band: a new run starts at this sample.
@@ -346,7 +344,11 @@ mod tests {
         let flagged: Vec<i64> = (1..=20)
             .filter(|k| d.observe(at(880 + k * 10), 22.35).is_some())
             .collect();
-        assert_eq!(flagged.first(), Some(&18), "180 s after the run began at 880 s");
+        assert_eq!(
+            flagged.first(),
+            Some(&18),
+            "180 s after the run began at 880 s"
+        );
     }
 
     #[test]

@@ -89,6 +89,25 @@ impl Message {
         self.event_time.unwrap_or(self.received_at)
     }
 
+    /// Set [`Self::message_id`] from the payload field at `path` (dotted, e.g. `seq` or
+    /// `meta.id`; a string or a number), scoped by [`Self::series_key`] so two devices'
+    /// sequence numbers never collide. A message without the field keeps no id.
+    pub fn set_id_from(&mut self, path: &str) {
+        let mut v = &self.payload;
+        for part in path.split('.') {
+            match v.get(part) {
+                Some(next) => v = next,
+                None => return,
+            }
+        }
+        let id = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return,
+        };
+        self.message_id = Some(format!("{}/{id}", self.series_key()));
+    }
+
     /// The identity stateful functions key their state by: the device id, else the client id.
     pub fn series_key(&self) -> &str {
         self.device_id

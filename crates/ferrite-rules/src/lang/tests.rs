@@ -429,3 +429,21 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn message_ids_come_from_a_payload_path_scoped_by_device() {
+    let mut m = Message::new(
+        TopicName::new("devices/d1/telemetry").expect("valid topic"),
+        serde_json::json!({"meta": {"seq": 7}, "id": "x"}),
+        Timestamp::from_nanos(0),
+    );
+    m.device_id = Some(DeviceId::new("d1").expect("valid id"));
+    m.set_id_from("meta.seq");
+    assert_eq!(m.message_id.as_deref(), Some("d1/7"));
+    m.set_id_from("id");
+    assert_eq!(m.message_id.as_deref(), Some("d1/x"));
+    let mut none = m.clone();
+    none.message_id = None;
+    none.set_id_from("meta.missing");
+    assert_eq!(none.message_id, None, "no field, no id");
+}

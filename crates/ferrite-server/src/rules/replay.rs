@@ -54,6 +54,7 @@ fn topic_of(device: &str, table: &str) -> String {
 pub(super) async fn run(
     name: &str,
     mut rule: Rule,
+    message_id: Option<&str>,
     runner: Option<actions::Runner>,
     deps: Arc<Deps>,
     request: &ReplayRequest,
@@ -95,7 +96,10 @@ pub(super) async fn run(
         }
         // Tables are each in order; merge them (stable, so a table's order stays).
         messages.sort_by_key(Message::time);
-        for msg in &messages {
+        for msg in &mut messages {
+            if let Some(field) = message_id {
+                msg.set_id_from(field);
+            }
             report.messages += 1;
             rule.process(msg, &mut out);
             deliver(&mut out, Some(msg), &runner, &me, limit, &mut report).await;
@@ -108,6 +112,7 @@ pub(super) async fn run(
     let stats = rule.stats();
     report.matched = stats.matched;
     report.late_events = stats.late_events;
+    report.duplicates = stats.duplicates;
     if let Some(r) = &runner {
         let c = r.counters.snapshot();
         (report.actions_ok, report.actions_failed) = (c.actions_ok, c.actions_failed);
