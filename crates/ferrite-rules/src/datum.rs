@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
 /// A scalar (or, for JSON sub-documents, structured) value.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub enum Datum {
     /// SQL `NULL`: missing field, failed coercion, empty aggregate.
     #[default]

@@ -7,7 +7,7 @@ use super::Accumulator;
 use crate::datum::Datum;
 
 /// Number of non-null inputs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Count(u64);
 
 impl Accumulator for Count {
@@ -29,7 +29,7 @@ impl Accumulator for Count {
 
 /// Sum of numeric inputs: exact `i64` while every input is an integer and the sum fits,
 /// `f64` otherwise; `NULL` when there was no numeric input.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sum {
     /// How many numeric inputs were added (`NULL` result when zero).
     n: u64,
@@ -101,7 +101,7 @@ impl Accumulator for Sum {
 }
 
 /// Minimum or maximum by [`Datum::total_cmp`] (numbers by value, then strings).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Extreme {
     /// The current extreme, `None` before the first non-null input.
     best: Option<Datum>,
@@ -164,7 +164,7 @@ impl Accumulator for Extreme {
 }
 
 /// Which statistic a [`Moments`] accumulator reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum MomentStat {
     Mean,
     StddevSamp,
@@ -173,7 +173,7 @@ enum MomentStat {
 
 /// Count, mean and sum of squared deviations (Welford), merged with Chan et al.'s formula;
 /// numerically stable where the naive Σx² − (Σx)²/n cancels catastrophically.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Moments {
     n: u64,
     mean: f64,
@@ -265,7 +265,7 @@ impl Accumulator for Moments {
 /// The input with the smallest (FIRST) or largest (LAST) event time. On equal times FIRST
 /// keeps the earlier arrival and LAST takes the later one; a merge treats `self` as the
 /// earlier arrival.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FirstLast {
     best: Option<(Timestamp, Datum)>,
     last: bool,

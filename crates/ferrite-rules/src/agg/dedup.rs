@@ -35,7 +35,7 @@ pub enum Seen {
 }
 
 /// The ids seen in one window (or pane, or session).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DedupSet {
     ids: HashSet<u64, foldhash::fast::FixedState>,
     /// Ids admitted unchecked because the set was full.

@@ -15,7 +15,7 @@ use super::{Accumulator, stable_hash};
 use crate::datum::Datum;
 
 /// Count-Min sketch with top-`k` candidates.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct HeavyHitters {
     width: usize,
     depth: usize,

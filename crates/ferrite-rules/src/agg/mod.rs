@@ -183,7 +183,7 @@ impl AggSpec {
 
 /// One accumulator of any kind; dispatch by `match` keeps the per-event path free of
 /// virtual calls and the small exact states inline.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum AnyAccumulator {
     /// [`AggSpec::Count`].
     Count(Count),

@@ -12,7 +12,7 @@ use super::Accumulator;
 use crate::datum::Datum;
 
 /// SplitMix64: a tiny, well-distributed generator; reproducible from a seed, no dependency.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -40,7 +40,7 @@ impl SplitMix64 {
 }
 
 /// A uniform sample without replacement of up to `k` non-null inputs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Reservoir {
     k: usize,
     /// Inputs seen (the sample represents this many).

@@ -20,7 +20,7 @@ use crate::datum::Datum;
 const HLL_SEED: u128 = 0x6665_7272_6974_6500_6868_6c6c_0000_0001;
 
 /// Approximate count of distinct non-null inputs (HyperLogLog++).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Distinct {
     hll: HyperLogLogPlus,
 }
@@ -65,7 +65,7 @@ impl Accumulator for Distinct {
 }
 
 /// Approximate quantile of numeric inputs (DDSketch).
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Quantile {
     sketch: DDSketch,
     q: f64,

@@ -12,7 +12,7 @@ use crate::window::watermark::nanos;
 
 /// Flags a sensor repeating the bit-identical value for `n` or more consecutive samples
 /// (a frozen ADC, a firmware reporting its last good reading).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct StuckAt {
     n: u64,
     last: Option<u64>,
@@ -64,7 +64,7 @@ impl Detector for StuckAt {
 /// opposed to [`StuckAt`]'s exact repeats. A silence longer than `span` between two samples
 /// starts a new run: two similar readings either side of an outage are no evidence of a
 /// flat line through it (that is the gap detector's to report).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct FlatLine {
     span: i64,
     tolerance: f64,
@@ -124,7 +124,7 @@ impl Detector for FlatLine {
 }
 
 /// Flags values outside `[min, max]` (the sensor's physical or specified range).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct OutOfRange {
     min: f64,
     max: f64,
@@ -174,7 +174,7 @@ impl Detector for OutOfRange {
 /// Flags missing data: consecutive samples more than `max_gap` apart (reported on the
 /// sample after the gap), or, via [`Gap::check`], no sample for `max_gap` as of a given
 /// time (a watermark or the processing time the caller passes in).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Gap {
     max_gap: i64,
     last: Option<i64>,
@@ -224,7 +224,7 @@ impl Detector for Gap {
 
 /// Flags changes faster than `max_per_second` (in value units per second) between
 /// consecutive samples: a physically impossible jump, a loose connector.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RateOfChange {
     max_per_second: f64,
     prev: Option<(i64, f64)>,

@@ -22,7 +22,7 @@ use crate::agg::reservoir::SplitMix64;
 use crate::error::RulesError;
 
 /// Half-space tree settings.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HstConfig {
     /// Number of trees (the paper uses 25; 40 halves the score noise at little cost).
     pub trees: usize,
@@ -54,7 +54,7 @@ impl Default for HstConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Tree {
     /// Split dimension and value per internal node, complete binary tree layout
     /// (children of `i` at `2i + 1`, `2i + 2`).
@@ -66,7 +66,7 @@ struct Tree {
 }
 
 /// Streaming half-space trees over `dims`-dimensional points.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct HalfSpaceTrees {
     dims: usize,
     config: HstConfig,

@@ -85,7 +85,7 @@ pub trait Detector {
 }
 
 /// Tracks episode onsets: `onset` is true when the previous sample was normal.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Episode(bool);
 
 impl Episode {

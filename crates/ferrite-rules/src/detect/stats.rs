@@ -10,7 +10,7 @@ use crate::error::RulesError;
 use crate::window::watermark::nanos;
 
 /// Exponentially weighted mean and variance (West 1979 / Finch 2009 incremental form).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Ewma {
     n: u64,
     mean: f64,
@@ -60,7 +60,7 @@ fn check_alpha_threshold(alpha: f64, threshold: f64) -> Result<(), RulesError> {
 
 /// Flags samples more than `threshold` standard deviations from the exponentially weighted
 /// mean of the series. Learns from every sample (so a level shift is flagged, then adopted).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct EwmaZScore {
     alpha: f64,
     threshold: f64,
@@ -112,7 +112,7 @@ impl Detector for EwmaZScore {
 
 /// A baseline per slot of a period (e.g. 24 one-hour slots of a day): flags samples more
 /// than `threshold` standard deviations from their slot's exponentially weighted mean.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SeasonalBaseline {
     period: i64,
     slots: Vec<Ewma>,

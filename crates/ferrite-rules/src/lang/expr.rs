@@ -139,7 +139,7 @@ pub(crate) enum DetectorSpec {
 }
 
 /// A detector's per-series state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) enum DetectorState {
     ZScore(EwmaZScore),
     Seasonal(SeasonalBaseline),

@@ -7,7 +7,7 @@ use ferrite_core::{Timestamp, TopicFilter};
 
 use super::Message;
 use super::compile::{Plan, Projection, compile};
-use super::expr::{Ctx, DetectorStates, WindowRow};
+use super::expr::{Ctx, DetectorState, DetectorStates, WindowRow};
 use crate::agg::MessageId;
 use crate::agg::dedup::DEFAULT_DEDUP_CAP;
 use crate::datum::Datum;
@@ -56,7 +56,7 @@ pub struct Output {
 }
 
 /// Counters of one rule.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleStats {
     /// Messages offered (whatever their topic).
     pub messages: u64,
@@ -72,6 +72,33 @@ pub struct RuleStats {
     pub duplicates: u64,
 }
 
+/// The layout of [`Rule::checkpoint`]'s bytes; bumped on an incompatible change.
+const CHECKPOINT_FORMAT: u32 = 1;
+
+type SeriesStates =
+    std::collections::HashMap<String, Vec<Option<DetectorState>>, foldhash::fast::RandomState>;
+
+#[derive(serde::Serialize)]
+struct SnapshotRef<'a> {
+    format: u32,
+    origin: &'a str,
+    stats: RuleStats,
+    detectors: &'a SeriesStates,
+    window: Option<(
+        crate::window::OperatorStateRef<'a, Vec<Datum>>,
+        &'a WatermarkTracker<u32>,
+    )>,
+}
+
+#[derive(serde::Deserialize)]
+struct Snapshot {
+    format: u32,
+    origin: String,
+    stats: RuleStats,
+    detectors: SeriesStates,
+    window: Option<(crate::window::OperatorState<Vec<Datum>>, WatermarkTracker<u32>)>,
+}
+
 #[derive(Debug)]
 struct Windowed {
     op: WindowOperator<Vec<Datum>>,
@@ -85,6 +112,8 @@ struct Windowed {
 /// A compiled rule and its state.
 #[derive(Debug)]
 pub struct Rule {
+    /// What the rule was compiled from (SQL and options), which a checkpoint must match.
+    origin: String,
     plan: Plan,
     detectors: DetectorStates,
     windowed: Option<Windowed>,
@@ -115,6 +144,7 @@ impl Rule {
             None => None,
         };
         Ok(Self {
+            origin: format!("{sql}\n{options:?}"),
             detectors: DetectorStates {
                 specs: plan.detectors.iter().map(|(s, _)| s.clone()).collect(),
                 inputs: plan.detectors.iter().map(|(_, i)| i.clone()).collect(),
@@ -251,6 +281,55 @@ impl Rule {
             w.op.advance_watermark(Timestamp::from_nanos(i64::MAX));
         }
         self.emit(out);
+    }
+
+    /// A checkpoint of the rule's state — open windows with their partial aggregates and
+    /// duplicate sets, timers, watermarks, every detector's per-device state, counters — as
+    /// bytes (CBOR) for [`Rule::restore`].
+    pub fn checkpoint(&self) -> Result<Vec<u8>, RulesError> {
+        let snapshot = SnapshotRef {
+            format: CHECKPOINT_FORMAT,
+            origin: &self.origin,
+            stats: self.stats,
+            detectors: &self.detectors.series,
+            window: self.windowed.as_ref().map(|w| (w.op.state(), &w.watermark)),
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&snapshot, &mut bytes)
+            .map_err(|e| RulesError::config("checkpoint", e.to_string()))?;
+        Ok(bytes)
+    }
+
+    /// Continue from a checkpoint of a rule compiled from the same SQL and options; a
+    /// checkpoint of anything else (or damaged) is refused and this rule's state kept.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), RulesError> {
+        let bad = |m: String| RulesError::config("checkpoint", m);
+        let snapshot: Snapshot =
+            ciborium::from_reader(bytes).map_err(|e| bad(format!("unreadable: {e}")))?;
+        if snapshot.format != CHECKPOINT_FORMAT {
+            return Err(bad(format!(
+                "format {} (this build reads {CHECKPOINT_FORMAT})",
+                snapshot.format
+            )));
+        }
+        if snapshot.origin != self.origin {
+            return Err(bad("taken from another definition of the rule".to_owned()));
+        }
+        let width = self.detectors.specs.len();
+        if snapshot.detectors.values().any(|v| v.len() != width) {
+            return Err(bad("its detectors do not fit this rule".to_owned()));
+        }
+        match (&mut self.windowed, snapshot.window) {
+            (Some(w), Some((op, watermark))) => {
+                w.op.restore(op)?;
+                w.watermark = watermark;
+            }
+            (None, None) => {}
+            _ => return Err(bad("windowed and stateless rules differ".to_owned())),
+        }
+        self.detectors.series = snapshot.detectors;
+        self.stats = snapshot.stats;
+        Ok(())
     }
 
     /// Take the late events collected (key values, event time, aggregate inputs).

@@ -25,6 +25,7 @@ pub mod watermark;
 
 pub use assigner::WindowAssigner;
 pub use operator::{
+    OperatorState, OperatorStateRef,
     Admission, LateEvent, Window, WindowConfig, WindowOperator, WindowResult, WindowStats,
 };
 pub use watermark::{WatermarkConfig, WatermarkTracker};

@@ -62,7 +62,7 @@ impl WindowConfig {
 }
 
 /// A half-open window `[start, end)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     /// First instant inside the window.
     pub start: Timestamp,
@@ -125,7 +125,7 @@ pub enum Admission {
 }
 
 /// Counters; every dropped or unusual event is counted somewhere here.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowStats {
     /// Events offered to `process`.
     pub events: u64,
@@ -148,14 +148,14 @@ const FIRE: u8 = 0;
 const CLEANUP: u8 = 1;
 
 /// Partial aggregates of one pane (aligned windows).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Pane {
     accs: Vec<AnyAccumulator>,
     dedup: DedupSet,
 }
 
 /// One session window.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct Session {
     start: i64,
     end: i64,
@@ -169,7 +169,7 @@ struct Session {
 }
 
 /// Everything kept for one key.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct KeyState<K> {
     key: K,
     /// Aligned windows: panes ordered by start.
@@ -202,7 +202,72 @@ pub struct WindowOperator<K> {
     stats: WindowStats,
 }
 
+/// The state of a [`WindowOperator`], as a checkpoint holds it: the keys' panes or sessions
+/// with their partial aggregates and duplicate sets, the timers and the watermark. The
+/// configuration is not in it: restore into an operator built from the same rule.
+#[derive(serde::Deserialize)]
+pub struct OperatorState<K> {
+    slots: Vec<Option<KeyState<K>>>,
+    free: Vec<u32>,
+    timers: BTreeSet<(i64, u8, u32)>,
+    watermark: Option<i64>,
+    stats: WindowStats,
+}
+
+/// [`OperatorState`] borrowed from a live operator, for writing a checkpoint without a copy;
+/// the same fields in the same order, so it reads back as an `OperatorState`.
+#[derive(serde::Serialize)]
+pub struct OperatorStateRef<'a, K> {
+    slots: &'a [Option<KeyState<K>>],
+    free: &'a [u32],
+    timers: &'a BTreeSet<(i64, u8, u32)>,
+    watermark: Option<i64>,
+    stats: WindowStats,
+}
+
 impl<K: Clone + Eq + Hash> WindowOperator<K> {
+    /// The state to checkpoint.
+    pub fn state(&self) -> OperatorStateRef<'_, K> {
+        OperatorStateRef {
+            slots: &self.slots,
+            free: &self.free,
+            timers: &self.timers,
+            watermark: self.watermark,
+            stats: self.stats,
+        }
+    }
+
+    /// Take over a checkpointed state (replacing this operator's). The number of aggregates
+    /// of every pane and session must be this operator's, else the state is refused.
+    pub fn restore(&mut self, state: OperatorState<K>) -> Result<(), RulesError> {
+        let aggs = self.empty.len();
+        let fits = state.slots.iter().flatten().all(|k| {
+            k.panes.iter().all(|(_, p)| p.accs.len() == aggs)
+                && k.sessions.iter().all(|s| s.accs.len() == aggs)
+        });
+        let slots = u32::try_from(state.slots.len()).unwrap_or(u32::MAX);
+        if !fits || state.free.iter().any(|&f| f >= slots) {
+            return Err(RulesError::config(
+                "checkpoint",
+                "its windows do not fit this rule's aggregates",
+            ));
+        }
+        self.index = state
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| Some((k.as_ref()?.key.clone(), u32::try_from(i).ok()?)))
+            .collect();
+        self.slots = state.slots;
+        self.free = state.free;
+        self.timers = state.timers;
+        self.watermark = state.watermark;
+        self.stats = state.stats;
+        self.results.clear();
+        self.late.clear();
+        Ok(())
+    }
+
     /// An operator computing `aggs` over windows of `config`.
     pub fn new(config: WindowConfig, aggs: Vec<AggSpec>) -> Result<Self, RulesError> {
         for spec in &aggs {

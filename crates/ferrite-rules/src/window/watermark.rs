@@ -24,7 +24,7 @@ use ferrite_core::Timestamp;
 use crate::error::RulesError;
 
 /// Watermark settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WatermarkConfig {
     /// How far behind the largest event time seen events may still arrive in order to be
     /// on time (Flink's bounded out-of-orderness).
@@ -49,7 +49,7 @@ pub(crate) fn nanos(what: &'static str, d: Duration) -> Result<i64, RulesError> 
         .map_err(|_| RulesError::config(what, format!("{d:?} exceeds 292 years")))
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Partition {
     /// Largest event time seen, ns.
     max_event: i64,
@@ -58,7 +58,11 @@ struct Partition {
 }
 
 /// Tracks the watermark over partitions of type `P`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound(
+    serialize = "P: serde::Serialize + Hash + Eq",
+    deserialize = "P: serde::Deserialize<'de> + Hash + Eq"
+))]
 pub struct WatermarkTracker<P> {
     out_of_orderness: i64,
     idle_timeout: Option<i64>,
