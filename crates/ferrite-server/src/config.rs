@@ -48,12 +48,25 @@ pub struct Config {
 }
 
 /// `[rules]`: the rules engine.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
     /// A PEM file of CA certificates `https://` webhooks trust besides the system's roots
     /// (empty: the system's only).
     pub webhook_ca_file: PathBuf,
+    /// How often a rule with state (windows, detectors) checkpoints it to
+    /// `data_dir/rules/state/`; `0s` keeps state in memory only.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: std::time::Duration,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            webhook_ca_file: PathBuf::new(),
+            checkpoint_interval: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[alarms]`: flap detection and the per-device rate limit of new alarms.

@@ -269,6 +269,10 @@ impl Server {
                 alarms: alarms.clone(),
                 http,
                 query: Arc::clone(&query),
+                checkpoints: rules::Checkpoints::new(
+                    data_dir.join("rules").join("state"),
+                    config.rules.checkpoint_interval,
+                ),
                 clock,
             },
             &shutdown,

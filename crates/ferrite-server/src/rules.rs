@@ -19,15 +19,19 @@
 //!   it: when the queue is full the row is dropped and counted (`actions_dropped`).
 //!
 //! Creating, replacing, enabling, disabling and deleting a rule apply at once: its
-//! subscription is removed before the call returns and its tasks stop. Window and detector
-//! state is in memory only: it starts empty when a rule is (re)started, including at server
-//! start, and open windows of a stopped rule are discarded, not flushed.
+//! subscription is removed before the call returns and its tasks stop, and its window and
+//! detector state starts empty. Across server restarts that state is kept in checkpoints
+//! ([`checkpoint`]): written every `rules.checkpoint_interval` and at shutdown, restored when
+//! the evaluator starts.
 //!
 //! Definitions persist in `data_dir/rules/rules.json` ([`file`]).
 
 mod actions;
+mod checkpoint;
 mod file;
 mod replay;
+
+pub(crate) use checkpoint::Checkpoints;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -75,6 +79,8 @@ pub(crate) struct Deps {
     pub(crate) http: reqwest::Client,
     /// Stored telemetry, for replays.
     pub(crate) query: Arc<ferrite_query::QueryEngine>,
+    /// Rule state checkpoints.
+    pub(crate) checkpoints: Checkpoints,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -244,6 +250,10 @@ impl RulesEngine {
                 }
                 state.rules.insert(entry.def.name.clone(), entry);
             }
+            if let Some(deps) = &state.deps {
+                let names: Vec<&str> = state.rules.keys().map(String::as_str).collect();
+                deps.checkpoints.remove_others(&names);
+            }
             tracing::info!(
                 rules = state.rules.len(),
                 running = state.rules.values().filter(|e| e.running.is_some()).count(),
@@ -255,6 +265,8 @@ impl RulesEngine {
 
     /// Stop every rule and wait for their tasks; releases the router.
     pub(crate) async fn stop(&self) {
+        // First, so evaluators stopping now know it is the server (and write a checkpoint).
+        self.inner.shutdown.cancel();
         {
             let mut state = self.lock();
             for e in state.rules.values_mut() {
@@ -293,6 +305,7 @@ impl RulesEngine {
                 Input {
                     rx,
                     message_id: entry.def.message_id.clone(),
+                    server_stopping: self.inner.shutdown.clone(),
                 },
                 tx,
                 Arc::clone(&entry.counters),
@@ -356,8 +369,12 @@ impl RulesEngine {
             _ => {}
         }
         self.persist(&state, &def.name, Some(&def))?;
-        // Stop the old version first: its subscription ends before the new one starts.
+        // Stop the old version first: its subscription ends before the new one starts, and
+        // its state (checkpoint included) restarts.
         state.rules.remove(&def.name);
+        if let Some(deps) = &state.deps {
+            deps.checkpoints.remove(&def.name);
+        }
         let mut entry = Entry {
             def,
             counters: Arc::default(),
@@ -395,6 +412,9 @@ impl RulesApi for RulesEngine {
         }
         self.persist(&state, name, None)?;
         state.rules.remove(name);
+        if let Some(deps) = &state.deps {
+            deps.checkpoints.remove(name);
+        }
         tracing::info!(actor = who, rule = name, "rule deleted");
         Ok(())
     }
@@ -640,13 +660,19 @@ struct Input {
     rx: mpsc::Receiver<Delivery>,
     /// The payload field of message ids (`RuleDefinition::message_id`).
     message_id: Option<String>,
+    /// Cancelled when the server (not just this rule) stops: the moment for a last checkpoint.
+    server_stopping: CancellationToken,
 }
 
 /// The evaluator task of one rule (see the module docs).
 async fn evaluate(
     name: Arc<str>,
     mut rule: Rule,
-    Input { mut rx, message_id }: Input,
+    Input {
+        mut rx,
+        message_id,
+        server_stopping,
+    }: Input,
     actions: mpsc::Sender<Job>,
     counters: Arc<Counters>,
     deps: Arc<Deps>,
@@ -658,10 +684,32 @@ async fn evaluate(
     let mut tags = TagCache::new(deps.fleet.clone());
     let mut out = Vec::new();
     let windowed = rule.is_windowed();
+    let stateful = rule.is_stateful();
+    if stateful && let Some(bytes) = deps.checkpoints.load(&name) {
+        match rule.restore(&bytes) {
+            Ok(()) => {
+                tracing::info!(rule = %name, bytes = bytes.len(), "rule state restored from its checkpoint")
+            }
+            Err(e) => {
+                tracing::warn!(rule = %name, error = %e, "rule checkpoint not used; state starts empty")
+            }
+        }
+    }
+    // Checkpoints are taken only for rules with state, and only after new input.
+    let every = deps.checkpoints.interval.filter(|_| stateful);
+    let mut checkpoint_tick = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
+    checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    checkpoint_tick.reset();
+    let mut dirty = false;
     loop {
         let source = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
+            _ = checkpoint_tick.tick(), if every.is_some() && dirty => {
+                dirty = false;
+                checkpoint(&name, &rule, &deps, || !cancel.is_cancelled());
+                continue;
+            }
             d = rx.recv() => {
                 let Some(d) = d else { break };
                 if *d.message.publisher == *me {
@@ -676,6 +724,7 @@ async fn evaluate(
                 if let Some(field) = &message_id {
                     msg.set_id_from(field);
                 }
+                dirty = true;
                 rule.process(&msg, &mut out);
                 Some(msg)
             }
@@ -707,6 +756,27 @@ async fn evaluate(
                 }
             }
         }
+    }
+    if stateful && every.is_some() && server_stopping.is_cancelled() {
+        checkpoint(&name, &rule, &deps, || true);
+    }
+}
+
+/// Write `rule`'s checkpoint unless `current()` says the rule was changed meanwhile.
+fn checkpoint(name: &str, rule: &Rule, deps: &Deps, current: impl FnOnce() -> bool) {
+    let written = rule
+        .checkpoint()
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| {
+            deps.checkpoints
+                .save(name, &bytes, current)
+                .map(|saved| (saved, bytes.len()))
+                .map_err(|e| e.to_string())
+        });
+    match written {
+        Ok((true, bytes)) => tracing::debug!(rule = name, bytes, "rule checkpoint written"),
+        Ok((false, _)) => {}
+        Err(e) => tracing::warn!(rule = name, error = %e, "rule checkpoint not written"),
     }
 }
 

@@ -318,6 +318,87 @@ async fn windowed_rules_drop_readings_a_device_sent_twice() {
 }
 
 #[tokio::test]
+async fn open_windows_survive_a_restart_and_restart_empty_when_the_rule_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let per_minute = json!({
+        "name": "per-minute",
+        "sql": "SELECT device_id() AS device, count(*) AS n, sum(temp) AS total, \
+                approx_distinct(temp) AS kinds FROM 'devices/+/telemetry' \
+                GROUP BY device_id(), TUMBLE('1m')",
+        "out_of_orderness": "0s",
+        "actions": [{"type": "republish", "topic": "minutes/${device}"}],
+    });
+    let base: i64 = 1_699_999_980_000; // a minute boundary, in ms
+    let reading = |offset: i64, temp: f64| json!({ "ts": base + offset, "temp": temp });
+    let state = dir
+        .path()
+        .join("rules")
+        .join("state")
+        .join("rule-per-minute.cbor");
+
+    let fx = start_configured(dir.path(), |c| {
+        c.rules.checkpoint_interval = std::time::Duration::from_millis(50);
+    })
+    .await;
+    fx.create(per_minute.clone()).await;
+    let mut dev = fx.client("m1").await;
+    dev.publish("devices/m1/telemetry", reading(1_000, 1.0))
+        .await;
+    dev.publish("devices/m1/telemetry", reading(2_000, 2.0))
+        .await;
+    // The periodic checkpoint appears (the rule saw input since the last one).
+    tokio::time::timeout(WAIT, async {
+        while !state.exists() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a checkpoint is written");
+    fx.server.shutdown().await;
+
+    // Restarted: the open window carries on with its two readings.
+    let fx = start(dir.path()).await;
+    let mut sub = fx.client("watcher").await;
+    sub.subscribe("minutes/#").await;
+    let mut dev = fx.client("m1").await;
+    dev.publish("devices/m1/telemetry", reading(3_000, 3.0))
+        .await;
+    dev.publish("devices/m1/telemetry", reading(61_000, 0.0))
+        .await;
+    let (topic, row) = sub.message().await;
+    assert_eq!(topic, "minutes/m1");
+    assert_eq!(
+        row,
+        json!({"device": "m1", "n": 3, "total": 6.0, "kinds": 3})
+    );
+    fx.server.shutdown().await;
+    assert!(state.exists(), "the last checkpoint is written at shutdown");
+
+    // Replacing the rule restarts its state: the window with the 61 s reading is gone.
+    let fx = start(dir.path()).await;
+    let mut replaced = per_minute.clone();
+    replaced["description"] = json!("same SQL, new definition");
+    let (status, _) = fx
+        .call(Method::PUT, "/rules/per-minute", Some(replaced))
+        .await;
+    assert_eq!(status, 200);
+    let mut sub = fx.client("watcher").await;
+    sub.subscribe("minutes/#").await;
+    let mut dev = fx.client("m1").await;
+    dev.publish("devices/m1/telemetry", reading(62_000, 5.0))
+        .await;
+    dev.publish("devices/m1/telemetry", reading(121_000, 0.0))
+        .await;
+    let (_, row) = sub.message().await;
+    assert_eq!(row["n"], 1, "only the reading after the change: {row}");
+    // Deleting it removes the checkpoint.
+    let (status, _) = fx.call(Method::DELETE, "/rules/per-minute", None).await;
+    assert_eq!(status, 204);
+    assert!(!state.exists());
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_rules_are_refused_with_the_position() {
     let dir = tempfile::tempdir().unwrap();
     let fx = start(dir.path()).await;

@@ -96,7 +96,10 @@ struct Snapshot {
     origin: String,
     stats: RuleStats,
     detectors: SeriesStates,
-    window: Option<(crate::window::OperatorState<Vec<Datum>>, WatermarkTracker<u32>)>,
+    window: Option<(
+        crate::window::OperatorState<Vec<Datum>>,
+        WatermarkTracker<u32>,
+    )>,
 }
 
 #[derive(Debug)]
@@ -160,6 +163,12 @@ impl Rule {
     /// The topic filter from `FROM`: subscribe the rule with it.
     pub fn filter(&self) -> &TopicFilter {
         &self.plan.filter
+    }
+
+    /// Whether the rule keeps state across messages (windows or detectors): what
+    /// [`Rule::checkpoint`] is worth taking for.
+    pub fn is_stateful(&self) -> bool {
+        self.windowed.is_some() || !self.detectors.specs.is_empty()
     }
 
     /// Whether the rule aggregates over windows.

@@ -493,7 +493,10 @@ fn a_checkpoint_restores_windows_sketches_and_detectors_exactly() {
         for m in msgs {
             rule.process(m, &mut o);
         }
-        out.extend(o.drain(..).map(|r| format!("{:?} {:?} {}", r.row, r.window, r.is_update)));
+        out.extend(
+            o.drain(..)
+                .map(|r| format!("{:?} {:?} {}", r.row, r.window, r.is_update)),
+        );
     };
     for sql in sqls {
         let mut whole = Rule::new(sql, options).expect("valid");
@@ -501,7 +504,10 @@ fn a_checkpoint_restores_windows_sketches_and_detectors_exactly() {
         emitted(&mut whole, &input, &mut expected);
         let mut o = Vec::new();
         whole.flush(&mut o);
-        expected.extend(o.drain(..).map(|r| format!("{:?} {:?} {}", r.row, r.window, r.is_update)));
+        expected.extend(
+            o.drain(..)
+                .map(|r| format!("{:?} {:?} {}", r.row, r.window, r.is_update)),
+        );
 
         for cut in [1, 100, 151, 299] {
             let mut first = Rule::new(sql, options).expect("valid");
@@ -512,7 +518,10 @@ fn a_checkpoint_restores_windows_sketches_and_detectors_exactly() {
             second.restore(&bytes).expect("restores");
             emitted(&mut second, &input[cut..], &mut got);
             second.flush(&mut o);
-            got.extend(o.drain(..).map(|r| format!("{:?} {:?} {}", r.row, r.window, r.is_update)));
+            got.extend(
+                o.drain(..)
+                    .map(|r| format!("{:?} {:?} {}", r.row, r.window, r.is_update)),
+            );
             assert_eq!(got, expected, "{sql} cut at {cut}");
             assert_eq!(second.stats(), whole.stats(), "{sql} cut at {cut}");
         }

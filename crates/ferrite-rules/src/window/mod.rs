@@ -25,8 +25,8 @@ pub mod watermark;
 
 pub use assigner::WindowAssigner;
 pub use operator::{
-    OperatorState, OperatorStateRef,
-    Admission, LateEvent, Window, WindowConfig, WindowOperator, WindowResult, WindowStats,
+    Admission, LateEvent, OperatorState, OperatorStateRef, Window, WindowConfig, WindowOperator,
+    WindowResult, WindowStats,
 };
 pub use watermark::{WatermarkConfig, WatermarkTracker};
 

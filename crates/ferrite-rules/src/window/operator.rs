@@ -62,7 +62,9 @@ impl WindowConfig {
 }
 
 /// A half-open window `[start, end)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Window {
     /// First instant inside the window.
     pub start: Timestamp,
