@@ -442,6 +442,9 @@ pub struct AlarmLatency {
     pub test: String,
     /// Telemetry messages published.
     pub published: u64,
+    /// Messages per second actually published (below the rate when the broker's
+    /// acknowledgements held the publisher back at its window of 1,000).
+    pub achieved_rate: u64,
     /// Of them, readings that should raise an alarm.
     pub triggers: u64,
     /// `raised` alarm events received (and measured).
@@ -460,7 +463,7 @@ pub struct AlarmLatency {
 /// device of its own (`hot-{seq}`), so each hot reading opens one new alarm — while a
 /// subscriber on `$ferrite/alarms/+/+/raised` takes `alarm.values.sent` of each event. The
 /// server must run a rule raising an alarm for `temp > 80` that selects `sent` (bench/rules
-/// creates it). Publishes are not held back by acknowledgements.
+/// creates it). At most 1,000 publishes are unacknowledged (within Ferrite's Receive Maximum).
 pub async fn alarm_latency(
     addr: SocketAddr,
     rate: u32,
@@ -505,7 +508,19 @@ pub async fn alarm_latency(
         }
         Ok::<_, BenchError>(lat)
     });
-    let acks = tokio::spawn(async move { while let Ok(Some(_)) = reader.next().await {} });
+    // A real client keeps within the broker's Receive Maximum: at most WINDOW unacknowledged.
+    const WINDOW: usize = 1000;
+    let credits = Arc::new(Semaphore::new(WINDOW));
+    let acks = {
+        let credits = Arc::clone(&credits);
+        tokio::spawn(async move {
+            while let Ok(Some(p)) = reader.next().await {
+                if matches!(p, Packet::PubAck(_)) {
+                    credits.add_permits(1);
+                }
+            }
+        })
+    };
     // Publish in 1 ms steps: each step sends what the rate owes by then.
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -517,6 +532,10 @@ pub async fn alarm_latency(
         let due = (epoch.elapsed().as_secs_f64() * f64::from(rate)) as u64;
         buf.clear();
         while sent < due.min(count) {
+            let Ok(permit) = credits.try_acquire() else {
+                break;
+            };
+            permit.forget();
             let seq = sent;
             sent += 1;
             let hot = seq % every == every - 1;
@@ -545,6 +564,7 @@ pub async fn alarm_latency(
             writer.write_all(&buf).await?;
         }
     }
+    let publishing = epoch.elapsed();
     let mut lat = receiving
         .await
         .map_err(|e| BenchError::Protocol(e.to_string()))??;
@@ -559,6 +579,7 @@ pub async fn alarm_latency(
     Ok(AlarmLatency {
         test: format!("publish → alarm @{rate}/s, 1 in {every} hot"),
         published: count,
+        achieved_rate: (count as f64 / publishing.as_secs_f64().max(1e-9)) as u64,
         triggers,
         alarms,
         p50_us: pick(0.50),
