@@ -370,6 +370,12 @@ pub async fn throughput(
     })
 }
 
+/// The `q` quantile of sorted latencies (0 when there are none).
+fn quantile(sorted: &[u32], q: f64) -> u32 {
+    let at = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(at).copied().unwrap_or(0)
+}
+
 /// Figures of one latency run.
 #[derive(Debug, Serialize)]
 pub struct Latency {
@@ -421,11 +427,7 @@ pub async fn latency(
         .map_err(|e| BenchError::Protocol(e.to_string()))??;
     acks.abort();
     lat.sort_unstable();
-    let pick = |q: f64| {
-        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    let pick = |q: f64| quantile(&lat, q);
     Ok(Latency {
         test: format!("qos{} latency @{rate}/s", qos.as_u8()),
         received,
@@ -571,11 +573,7 @@ pub async fn alarm_latency(
     acks.abort();
     let alarms = lat.len() as u64;
     lat.sort_unstable();
-    let pick = |q: f64| {
-        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    let pick = |q: f64| quantile(&lat, q);
     Ok(AlarmLatency {
         test: format!("publish → alarm @{rate}/s, 1 in {every} hot"),
         published: count,
