@@ -178,7 +178,10 @@ pub(crate) struct Job {
 impl Job {
     /// The job for output `o`, emitted for `source` (`None`: by a watermark advance or the
     /// final flush), at processing time `now`.
-    fn of(o: ferrite_rules::lang::Output, source: Option<&Message>, now: Timestamp) -> Self {
+    fn of(mut o: ferrite_rules::lang::Output, source: Option<&Message>, now: Timestamp) -> Self {
+        // A silence row stands for its series' message.
+        let silence = o.silence.take();
+        let source = silence.as_ref().or(source);
         match (&o.window, source) {
             (Some(w), _) => Self {
                 time: w.end,

@@ -399,6 +399,41 @@ async fn open_windows_survive_a_restart_and_restart_empty_when_the_rule_changes(
 }
 
 #[tokio::test]
+async fn a_device_that_goes_silent_raises_an_alarm_without_sending_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = start(dir.path()).await;
+    fx.create(json!({
+        "name": "silent",
+        "sql": "SELECT device_id() AS device FROM 'devices/+/telemetry' WHERE gap('1s')",
+        "actions": [
+            {"type": "raise_alarm", "alarm": "no_data", "severity": "warning", "message": "no data"},
+            {"type": "republish", "topic": "silent/${device_id}"},
+        ],
+    }))
+    .await;
+    let mut sub = fx.client("watcher").await;
+    sub.subscribe("silent/#").await;
+    let mut dev = fx.client("quiet").await;
+    // One reading (event time = arrival), then nothing: the rule's processing-time tick
+    // reports the silence once it passes a second.
+    dev.publish("devices/q1/telemetry", json!({"temp": 20}))
+        .await;
+    let (topic, row) = sub.message().await;
+    assert_eq!(
+        (topic.as_str(), row),
+        ("silent/q1", json!({"device": "q1"}))
+    );
+    let (_, alarms) = fx.call(Method::GET, "/alarms?state=active", None).await;
+    let items = alarms["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{alarms}");
+    assert_eq!(
+        (items[0]["device"].as_str(), items[0]["type"].as_str()),
+        (Some("q1"), Some("no_data"))
+    );
+    fx.server.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_rules_are_refused_with_the_position() {
     let dir = tempfile::tempdir().unwrap();
     let fx = start(dir.path()).await;

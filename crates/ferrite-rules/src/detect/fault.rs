@@ -178,6 +178,10 @@ impl Detector for OutOfRange {
 pub struct Gap {
     max_gap: i64,
     last: Option<i64>,
+    /// The current silence was reported by [`Gap::silence`]; the reading that ends it is
+    /// then not flagged again.
+    #[serde(default)]
+    reported: bool,
 }
 
 impl Gap {
@@ -190,6 +194,7 @@ impl Gap {
         Ok(Self {
             max_gap,
             last: None,
+            reported: false,
         })
     }
 
@@ -209,6 +214,18 @@ impl Gap {
         let gap = now.as_nanos().saturating_sub(self.last?);
         (gap > self.max_gap).then(|| self.anomaly(now, gap))
     }
+
+    /// Like [`Gap::check`], once per silence: a series that stays silent is reported the
+    /// first time `now` passes `max_gap` since its last sample, and not again until a sample
+    /// has ended the silence (that sample is then not flagged a second time).
+    pub fn silence(&mut self, now: Timestamp) -> Option<Anomaly> {
+        if self.reported {
+            return None;
+        }
+        let found = self.check(now);
+        self.reported = found.is_some();
+        found
+    }
 }
 
 impl Detector for Gap {
@@ -217,8 +234,9 @@ impl Detector for Gap {
         let prev = self.last;
         // An out-of-order sample fills no gap and opens none.
         self.last = Some(prev.map_or(t, |p| p.max(t)));
+        let reported = std::mem::take(&mut self.reported);
         let gap = t.saturating_sub(prev?);
-        (gap > self.max_gap).then(|| self.anomaly(time, gap))
+        (gap > self.max_gap && !reported).then(|| self.anomaly(time, gap))
     }
 }
 

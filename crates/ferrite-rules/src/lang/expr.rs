@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use ferrite_core::Timestamp;
+use ferrite_core::{DeviceId, Timestamp, TopicName};
 use regex::Regex;
 
 use super::Message;
@@ -225,15 +225,88 @@ pub(crate) struct DetectorStates {
     /// Input expressions per detector; they may read earlier detectors' values only.
     pub(crate) inputs: Vec<Vec<Expr>>,
     pub(crate) series: HashMap<String, Vec<Option<DetectorState>>, foldhash::fast::RandomState>,
+    /// Rules with `gap()`: each series' latest message (topic and identity, no payload), which
+    /// a silence is reported as.
+    pub(crate) origins: HashMap<String, Origin, foldhash::fast::RandomState>,
     /// This message's value of each detector.
     pub(crate) values: Vec<Datum>,
 }
 
+/// Where a series' messages come from, for reporting its silence.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Origin {
+    topic: String,
+    client_id: String,
+    device_id: Option<String>,
+}
+
 impl DetectorStates {
+    /// Whether a `gap()` detector is among them.
+    pub(crate) fn has_gap(&self) -> bool {
+        self.specs
+            .iter()
+            .any(|s| matches!(s, DetectorSpec::Gap { .. }))
+    }
+
+    /// The series whose `gap()` silence passed its limit as of `now` (each reported once per
+    /// silence): a message standing for the silent series — its last topic and identity, an
+    /// empty payload, time `now` — and the detector values to evaluate it with (`true` for
+    /// the gaps that fired, `false` for other gaps, `NULL` for every other detector).
+    pub(crate) fn silences(&mut self, now: Timestamp) -> Vec<(Message, Vec<Datum>)> {
+        let mut found = Vec::new();
+        for (key, states) in &mut self.series {
+            let mut fired = false;
+            let values: Vec<Datum> = states
+                .iter_mut()
+                .map(|s| match s {
+                    Some(DetectorState::Gap(g)) => {
+                        let f = g.silence(now).is_some();
+                        fired |= f;
+                        Datum::Bool(f)
+                    }
+                    _ => Datum::Null,
+                })
+                .collect();
+            if !fired {
+                continue;
+            }
+            let Some(origin) = self.origins.get(key) else {
+                continue;
+            };
+            let Ok(topic) = TopicName::new(origin.topic.as_str()) else {
+                continue;
+            };
+            let mut msg = Message::new(
+                topic,
+                serde_json::Value::Object(serde_json::Map::new()),
+                now,
+            );
+            msg.client_id.clone_from(&origin.client_id);
+            msg.device_id = origin
+                .device_id
+                .as_deref()
+                .and_then(|d| DeviceId::new(d).ok());
+            msg.event_time = Some(now);
+            found.push((msg, values));
+        }
+        found
+    }
+
     /// Feed `msg` to every detector of its series.
     pub(crate) fn update(&mut self, msg: &Message) {
         if self.specs.is_empty() {
             return;
+        }
+        if self.has_gap() {
+            let key = msg.series_key();
+            let origin = Origin {
+                topic: msg.topic.as_str().to_owned(),
+                client_id: msg.client_id.clone(),
+                device_id: msg.device_id.as_ref().map(|d| d.as_str().to_owned()),
+            };
+            if self.origins.get(key) != Some(&origin) {
+                self.origins.insert(key.to_owned(), origin);
+            }
         }
         let mut values = std::mem::take(&mut self.values);
         values.clear();

@@ -25,6 +25,7 @@
 //!   → z, `seasonal(x, 'period', slots)` → z, `hst(x1, x2, ...)` → anomaly score (deviations
 //!   below typical density), `stuck(x, n)`, `flatline(x, 'span', tolerance)`,
 //!   `out_of_range(x, lo, hi)`, `gap('max')`, `rate_of_change(x, max_per_s)` → boolean.
+//!   A stateless rule with `gap()` also reports silent series from [`Rule::advance`].
 //!   They are `NULL` while warming up.
 //!
 //! Everything that can be checked statically is checked at creation, and errors carry the

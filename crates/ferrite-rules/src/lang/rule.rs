@@ -7,7 +7,7 @@ use ferrite_core::{Timestamp, TopicFilter};
 
 use super::Message;
 use super::compile::{Plan, Projection, compile};
-use super::expr::{Ctx, DetectorState, DetectorStates, WindowRow};
+use super::expr::{Ctx, DetectorState, DetectorStates, Origin, WindowRow};
 use crate::agg::MessageId;
 use crate::agg::dedup::DEFAULT_DEDUP_CAP;
 use crate::datum::Datum;
@@ -53,6 +53,9 @@ pub struct Output {
     pub is_update: bool,
     /// Session windows: earlier windows this row replaces.
     pub superseded: Vec<Window>,
+    /// A row for a series' silence (`gap()` passed while no message came): the message
+    /// standing for it (the series' last topic and identity, an empty payload, the time).
+    pub silence: Option<Message>,
 }
 
 /// Counters of one rule.
@@ -72,9 +75,32 @@ pub struct RuleStats {
     pub duplicates: u64,
 }
 
+/// A stateless rule's row for `msg`.
+fn project(
+    projection: &[Projection],
+    msg: &Message,
+    ctx: &mut Ctx<'_>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut row = serde_json::Map::new();
+    for item in projection {
+        match item {
+            Projection::Wildcard => {
+                if let serde_json::Value::Object(o) = &msg.payload {
+                    row.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+            Projection::Column { name, expr } => {
+                row.insert(name.clone(), expr.eval(ctx).into_json());
+            }
+        }
+    }
+    row
+}
+
 /// The layout of [`Rule::checkpoint`]'s bytes; bumped on an incompatible change.
 const CHECKPOINT_FORMAT: u32 = 1;
 
+type Origins = std::collections::HashMap<String, Origin, foldhash::fast::RandomState>;
 type SeriesStates =
     std::collections::HashMap<String, Vec<Option<DetectorState>>, foldhash::fast::RandomState>;
 
@@ -84,6 +110,7 @@ struct SnapshotRef<'a> {
     origin: &'a str,
     stats: RuleStats,
     detectors: &'a SeriesStates,
+    origins: &'a Origins,
     window: Option<(
         crate::window::OperatorStateRef<'a, Vec<Datum>>,
         &'a WatermarkTracker<u32>,
@@ -96,6 +123,8 @@ struct Snapshot {
     origin: String,
     stats: RuleStats,
     detectors: SeriesStates,
+    #[serde(default)]
+    origins: Origins,
     window: Option<(
         crate::window::OperatorState<Vec<Datum>>,
         WatermarkTracker<u32>,
@@ -152,6 +181,7 @@ impl Rule {
                 specs: plan.detectors.iter().map(|(s, _)| s.clone()).collect(),
                 inputs: plan.detectors.iter().map(|(_, i)| i.clone()).collect(),
                 series: Default::default(),
+                origins: Default::default(),
                 values: Vec::new(),
             },
             plan,
@@ -225,25 +255,14 @@ impl Rule {
         }
         self.stats.matched += 1;
         let Some(w) = self.windowed.as_mut() else {
-            let mut row = serde_json::Map::new();
-            for item in &self.plan.projection {
-                match item {
-                    Projection::Wildcard => {
-                        if let serde_json::Value::Object(o) = &msg.payload {
-                            row.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())));
-                        }
-                    }
-                    Projection::Column { name, expr } => {
-                        row.insert(name.clone(), expr.eval(&mut ctx).into_json());
-                    }
-                }
-            }
+            let row = project(&self.plan.projection, msg, &mut ctx);
             self.stats.rows += 1;
             out.push(Output {
                 row,
                 window: None,
                 is_update: false,
                 superseded: Vec::new(),
+                silence: None,
             });
             return;
         };
@@ -275,6 +294,10 @@ impl Rule {
 
     /// Re-evaluate the watermark at processing time `now` without a message (so idle
     /// partitions stop holding it back), appending rows of windows that fire.
+    ///
+    /// A stateless rule with `gap()` also reports the series that have gone silent: each is
+    /// evaluated once per silence as a message with an empty payload from its last topic
+    /// and identity, with the gaps that fired `true` (see [`Output::silence`]).
     pub fn advance(&mut self, now: Timestamp, out: &mut Vec<Output>) {
         if let Some(w) = self.windowed.as_mut()
             && let Some(wm) = w.watermark.advance(now)
@@ -282,6 +305,31 @@ impl Rule {
             w.op.advance_watermark(wm);
         }
         self.emit(out);
+        if self.windowed.is_none() && self.detectors.has_gap() {
+            for (msg, values) in self.detectors.silences(now) {
+                let mut ctx = Ctx {
+                    msg: Some(&msg),
+                    window: None,
+                    detectors: &values,
+                };
+                let passed = match &self.plan.predicate {
+                    Some(p) => p.eval(&mut ctx).is_true(),
+                    None => true,
+                };
+                if !passed {
+                    continue;
+                }
+                let row = project(&self.plan.projection, &msg, &mut ctx);
+                self.stats.rows += 1;
+                out.push(Output {
+                    row,
+                    window: None,
+                    is_update: false,
+                    superseded: Vec::new(),
+                    silence: Some(msg),
+                });
+            }
+        }
     }
 
     /// End of input: fire every open window.
@@ -301,6 +349,7 @@ impl Rule {
             origin: &self.origin,
             stats: self.stats,
             detectors: &self.detectors.series,
+            origins: &self.detectors.origins,
             window: self.windowed.as_ref().map(|w| (w.op.state(), &w.watermark)),
         };
         let mut bytes = Vec::new();
@@ -337,6 +386,7 @@ impl Rule {
             _ => return Err(bad("windowed and stateless rules differ".to_owned())),
         }
         self.detectors.series = snapshot.detectors;
+        self.detectors.origins = snapshot.origins;
         self.stats = snapshot.stats;
         Ok(())
     }
@@ -386,6 +436,7 @@ impl Rule {
                     end: r.window_end,
                 }),
                 is_update: r.is_update,
+                silence: None,
                 superseded: r.superseded,
             });
         }

@@ -540,3 +540,35 @@ fn a_checkpoint_restores_windows_sketches_and_detectors_exactly() {
     assert!(changed.restore(&bytes[..bytes.len() / 2]).is_err());
     assert_eq!(changed.stats(), RuleStats::default());
 }
+
+#[test]
+fn gap_reports_a_series_that_goes_silent_once_per_silence() {
+    let mut r =
+        rule("SELECT device_id() AS d, topic(3) AS kind FROM 'devices/+/+' WHERE gap('30s')");
+    let mut out = Vec::new();
+    for t in [0, 10] {
+        assert!(run(&mut r, &msg("devices/a/t", json!({"v": 1}), t)).is_empty());
+    }
+    assert!(run(&mut r, &msg("devices/b/t", json!({"v": 1}), 30)).is_empty());
+    r.advance(Timestamp::from_nanos(35 * SEC), &mut out);
+    assert!(out.is_empty(), "25 s of silence is within the limit");
+    r.advance(Timestamp::from_nanos(45 * SEC), &mut out);
+    assert_eq!(out.len(), 1, "a went silent: {out:?}");
+    assert_eq!(
+        serde_json::Value::Object(out[0].row.clone()),
+        json!({"d": "a", "kind": "t"})
+    );
+    let silence = out[0].silence.as_ref().expect("a silence row");
+    assert_eq!(silence.device_id.as_ref().map(DeviceId::as_str), Some("a"));
+    out.clear();
+    r.advance(Timestamp::from_nanos(61 * SEC), &mut out);
+    assert_eq!(out.len(), 1, "b, once; a is not reported again");
+    assert_eq!(out[0].row["d"], "b");
+    out.clear();
+    // a's next reading ends its silence without a second report; a later gap is reported.
+    assert!(run(&mut r, &msg("devices/a/t", json!({"v": 1}), 70)).is_empty());
+    assert_eq!(
+        run(&mut r, &msg("devices/a/t", json!({"v": 1}), 200)).len(),
+        1
+    );
+}
