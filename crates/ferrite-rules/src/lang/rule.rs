@@ -75,6 +75,22 @@ pub struct RuleStats {
     pub duplicates: u64,
 }
 
+impl Output {
+    /// A stateless rule's row (for a silence: with the message standing for it).
+    fn stateless(
+        row: serde_json::Map<String, serde_json::Value>,
+        silence: Option<Message>,
+    ) -> Self {
+        Self {
+            row,
+            window: None,
+            is_update: false,
+            superseded: Vec::new(),
+            silence,
+        }
+    }
+}
+
 /// A stateless rule's row for `msg`.
 fn project(
     projection: &[Projection],
@@ -257,13 +273,7 @@ impl Rule {
         let Some(w) = self.windowed.as_mut() else {
             let row = project(&self.plan.projection, msg, &mut ctx);
             self.stats.rows += 1;
-            out.push(Output {
-                row,
-                window: None,
-                is_update: false,
-                superseded: Vec::new(),
-                silence: None,
-            });
+            out.push(Output::stateless(row, None));
             return;
         };
         let Some(plan) = &self.plan.window else {
@@ -321,13 +331,7 @@ impl Rule {
                 }
                 let row = project(&self.plan.projection, &msg, &mut ctx);
                 self.stats.rows += 1;
-                out.push(Output {
-                    row,
-                    window: None,
-                    is_update: false,
-                    superseded: Vec::new(),
-                    silence: Some(msg),
-                });
+                out.push(Output::stateless(row, Some(msg)));
             }
         }
     }
