@@ -28,6 +28,7 @@ use serde_json::json;
 use crate::alarms::AlarmCounters;
 use crate::fleet::{require, tri};
 use crate::{ApiState, JsonBody, error};
+pub use ferrite_rules::agg::DedupPolicy;
 pub use ferrite_rules::alarm::Severity;
 
 /// A rule as the operator defines it; stored as given.
@@ -65,10 +66,15 @@ pub struct RuleDefinition {
     pub allowed_lateness: Option<Duration>,
     /// Windowed rules: the payload field (dotted path) holding a message id — a device's
     /// sequence number, say. A reading whose id its device already sent within the same
-    /// window is dropped as a duplicate (exact, up to 65,536 ids per window; beyond, readings
-    /// are admitted unchecked and counted). Without it nothing is deduplicated.
+    /// window is dropped as a duplicate (beyond the `dedup` capacity, readings are admitted
+    /// unchecked and counted). Without it nothing is deduplicated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// How message ids are remembered: `{"method": "exact", "capacity": 65536}` (the
+    /// default: no false positives) or `{"method": "bloom", "capacity": 1048576,
+    /// "false_positive_rate": 0.001}` (a scalable Bloom filter, ~3 bytes an id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupPolicy>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -185,6 +191,10 @@ pub struct RuleCounters {
     /// Windowed rules: readings dropped as duplicates by `message_id`.
     #[serde(default)]
     pub duplicates: u64,
+    /// Windowed rules: readings whose id went unchecked because the window's id memory
+    /// (`dedup.capacity`) was full.
+    #[serde(default)]
+    pub dedup_unchecked: u64,
     /// Actions that succeeded (one per row and action).
     pub actions_ok: u64,
     /// Actions that failed (after retries; each went to the error action if any).

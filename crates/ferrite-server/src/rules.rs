@@ -140,6 +140,7 @@ pub(crate) struct Counters {
     rows: AtomicU64,
     late_events: AtomicU64,
     duplicates: AtomicU64,
+    dedup_unchecked: AtomicU64,
     actions_ok: AtomicU64,
     actions_failed: AtomicU64,
     actions_dropped: AtomicU64,
@@ -155,6 +156,7 @@ impl Counters {
             rows: get(&self.rows),
             late_events: get(&self.late_events),
             duplicates: get(&self.duplicates),
+            dedup_unchecked: get(&self.dedup_unchecked),
             actions_ok: get(&self.actions_ok),
             actions_failed: get(&self.actions_failed),
             actions_dropped: get(&self.actions_dropped),
@@ -515,6 +517,11 @@ fn compile(def: &RuleDefinition) -> Result<Rule, RulesApiError> {
             "message_id {field:?}: name a payload field, e.g. \"seq\" or \"meta.id\""
         )));
     }
+    if def.dedup.is_some() && def.message_id.is_none() {
+        return Err(RulesApiError::invalid(
+            "dedup: set message_id too (the payload field holding the ids)",
+        ));
+    }
     let options = RuleOptions {
         watermark: WatermarkConfig {
             out_of_orderness: def
@@ -523,6 +530,7 @@ fn compile(def: &RuleDefinition) -> Result<Rule, RulesApiError> {
             ..WatermarkConfig::default()
         },
         allowed_lateness: def.allowed_lateness.unwrap_or(Duration::ZERO),
+        dedup: def.dedup.unwrap_or_default(),
         ..RuleOptions::default()
     };
     Rule::new(&def.sql, options).map_err(|e| {
@@ -749,6 +757,9 @@ async fn evaluate(
         counters
             .duplicates
             .store(stats.duplicates, Ordering::Relaxed);
+        counters
+            .dedup_unchecked
+            .store(stats.dedup_unchecked, Ordering::Relaxed);
         for o in out.drain(..) {
             let job = Job::of(o, source.as_ref(), deps.clock.now());
             // Never wait for the actions: a full queue drops the row (counted).

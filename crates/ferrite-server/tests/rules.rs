@@ -252,17 +252,32 @@ async fn tumbling_window_rule_writes_aggregates_to_a_table() {
 
 #[tokio::test]
 async fn windowed_rules_drop_readings_a_device_sent_twice() {
+    drop_readings_sent_twice(None).await;
+}
+
+#[tokio::test]
+async fn windowed_rules_drop_readings_sent_twice_with_a_bloom_filter() {
+    drop_readings_sent_twice(Some(
+        json!({"method": "bloom", "false_positive_rate": 0.0001}),
+    ))
+    .await;
+}
+
+async fn drop_readings_sent_twice(dedup: Option<Value>) {
     let dir = tempfile::tempdir().unwrap();
     let fx = start(dir.path()).await;
-    fx.create(json!({
+    let mut def = json!({
         "name": "dedup",
         "sql": "SELECT device_id() AS device, count(*) AS n, sum(temp) AS total \
                 FROM 'devices/+/telemetry' GROUP BY device_id(), TUMBLE('1s')",
         "out_of_orderness": "0s",
         "message_id": "seq",
         "actions": [{"type": "republish", "topic": "counted/${device}"}],
-    }))
-    .await;
+    });
+    if let Some(d) = dedup {
+        def["dedup"] = d;
+    }
+    fx.create(def).await;
     let mut sub = fx.client("watcher").await;
     sub.subscribe("counted/#").await;
     let mut dev = fx.client("dups").await;
@@ -314,6 +329,40 @@ async fn windowed_rules_drop_readings_a_device_sent_twice() {
         )
         .await;
     assert_eq!(status, 400);
+    // So are a dedup policy out of range, one of no known method, and one without ids.
+    for (dedup, message_id, says) in [
+        (
+            json!({"method": "bloom", "false_positive_rate": 2}),
+            json!("seq"),
+            "false_positive_rate",
+        ),
+        (
+            json!({"method": "exact", "capacity": 0}),
+            json!("seq"),
+            "capacity",
+        ),
+        (json!({"method": "cuckoo"}), json!("seq"), "cuckoo"),
+        (json!({"method": "exact"}), Value::Null, "message_id"),
+    ] {
+        let (status, v) = fx
+            .call(
+                Method::POST,
+                "/rules",
+                Some(
+                    json!({"name": "y", "sql": "SELECT count(*) FROM 'a' GROUP BY TUMBLE('1s')",
+                            "message_id": message_id, "dedup": dedup}),
+                ),
+            )
+            .await;
+        assert!(status == 400 || status == 422, "{dedup}: {status} {v}");
+        assert!(v.to_string().contains(says), "{dedup}: {v}");
+    }
+    let (_, v) = fx.call(Method::GET, "/rules", None).await;
+    assert_eq!(
+        v["items"].as_array().map(Vec::len),
+        Some(1),
+        "nothing refused was kept: {v}"
+    );
     fx.server.shutdown().await;
 }
 

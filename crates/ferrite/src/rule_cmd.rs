@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use ferrite_core::decode::parse_ts;
 use ferrite_core::{Clock, DeviceId, SystemClock, Timestamp, TopicName};
+use ferrite_rules::agg::DedupPolicy;
 use ferrite_rules::lang::{Message, Output, Rule, RuleOptions};
 use ferrite_rules::window::WatermarkConfig;
 use serde_json::{Value, json};
@@ -109,6 +110,10 @@ pub(crate) enum RuleCommand {
         /// Windowed rules: the payload field holding message ids (duplicates are dropped).
         #[arg(long, value_name = "FIELD")]
         message_id: Option<String>,
+        /// How ids are remembered, as JSON like a definition's `dedup`, e.g.
+        /// '{"method":"bloom","false_positive_rate":0.001}' (default: exact).
+        #[arg(long, value_name = "JSON", requires = "message_id")]
+        dedup: Option<String>,
     },
 }
 
@@ -238,13 +243,22 @@ async fn rule_inner(api: ApiArgs, command: RuleCommand) -> Result<String, ExitCo
             out_of_orderness,
             allowed_lateness,
             message_id,
+            dedup,
         } => {
+            let dedup = match dedup {
+                Some(d) => serde_json::from_value(parse_json("--dedup", &d)?).map_err(|e| {
+                    eprintln!("error: --dedup: {e}");
+                    ExitCode::from(2)
+                })?,
+                None => DedupPolicy::default(),
+            };
             let text = read_file(&input)?;
             test(
                 &sql,
                 &text,
                 (out_of_orderness.into(), allowed_lateness.into()),
                 message_id.as_deref(),
+                dedup,
             )
         }
     }
@@ -268,6 +282,7 @@ fn test(
     input: &str,
     (out_of_orderness, allowed_lateness): (Duration, Duration),
     message_id: Option<&str>,
+    dedup: DedupPolicy,
 ) -> Result<String, ExitCode> {
     let options = RuleOptions {
         watermark: WatermarkConfig {
@@ -275,6 +290,7 @@ fn test(
             ..WatermarkConfig::default()
         },
         allowed_lateness,
+        dedup,
         ..RuleOptions::default()
     };
     let mut rule = Rule::new(sql, options).map_err(|e| {
@@ -318,6 +334,7 @@ fn test(
                 "having_rejected": s.having_rejected,
                 "late_events": s.late_events,
                 "duplicates": s.duplicates,
+                "dedup_unchecked": s.dedup_unchecked,
             },
         })
         .to_string(),

@@ -23,7 +23,7 @@ use crate::datum::Datum;
 use crate::error::RulesError;
 
 pub use basic::{Count, Extreme, FirstLast, Moments, Sum};
-pub use dedup::{DedupSet, MessageId, Seen};
+pub use dedup::{DedupPolicy, DedupSet, MessageId, Seen};
 pub use heavy::HeavyHitters;
 pub use reservoir::Reservoir;
 pub use sketch::{Distinct, Quantile};

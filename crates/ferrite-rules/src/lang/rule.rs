@@ -8,8 +8,8 @@ use ferrite_core::{Timestamp, TopicFilter};
 use super::Message;
 use super::compile::{Plan, Projection, compile};
 use super::expr::{Ctx, DetectorState, DetectorStates, Origin, WindowRow};
+use crate::agg::DedupPolicy;
 use crate::agg::MessageId;
-use crate::agg::dedup::DEFAULT_DEDUP_CAP;
 use crate::datum::Datum;
 use crate::error::RulesError;
 use crate::window::{
@@ -18,14 +18,14 @@ use crate::window::{
 };
 
 /// Settings of a rule beyond its SQL.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RuleOptions {
     /// Watermark: out-of-orderness and idle timeout of partitions.
     pub watermark: WatermarkConfig,
     /// How long after firing a window still accepts late events (re-firing it).
     pub allowed_lateness: Duration,
-    /// Message ids remembered per pane or session for duplicate suppression.
-    pub dedup_cap: usize,
+    /// How message ids are remembered per pane or session for duplicate suppression.
+    pub dedup: DedupPolicy,
     /// Late events buffered between [`Rule::drain_late`] calls (beyond: counted only).
     pub late_capacity: usize,
 }
@@ -35,7 +35,7 @@ impl Default for RuleOptions {
         Self {
             watermark: WatermarkConfig::default(),
             allowed_lateness: Duration::ZERO,
-            dedup_cap: DEFAULT_DEDUP_CAP,
+            dedup: DedupPolicy::default(),
             late_capacity: 1024,
         }
     }
@@ -73,6 +73,8 @@ pub struct RuleStats {
     pub late_events: u64,
     /// Events dropped as duplicates by message id.
     pub duplicates: u64,
+    /// Events whose message id was not checked: the window's id memory was full.
+    pub dedup_unchecked: u64,
 }
 
 impl Output {
@@ -176,7 +178,7 @@ impl Rule {
             Some(w) => {
                 let mut config =
                     WindowConfig::new(w.assigner).with_allowed_lateness(options.allowed_lateness);
-                config.dedup_cap = options.dedup_cap;
+                config.dedup = options.dedup;
                 config.late_capacity = options.late_capacity;
                 Some(Windowed {
                     op: WindowOperator::new(
@@ -228,6 +230,7 @@ impl Rule {
         if let Some(w) = &self.windowed {
             s.late_events = w.op.stats().late_events;
             s.duplicates = w.op.stats().duplicates;
+            s.dedup_unchecked = w.op.stats().dedup_unchecked;
         }
         s
     }

@@ -20,24 +20,23 @@ use std::time::Duration;
 
 use ferrite_core::Timestamp;
 
-use crate::agg::dedup::DEFAULT_DEDUP_CAP;
-use crate::agg::{Accumulator, AggSpec, AnyAccumulator, DedupSet, MessageId, Seen};
+use crate::agg::{Accumulator, AggSpec, AnyAccumulator, DedupPolicy, DedupSet, MessageId, Seen};
 use crate::datum::Datum;
 use crate::error::RulesError;
 use crate::window::assigner::{Assign, Panes, WindowAssigner};
 use crate::window::watermark::nanos;
 
 /// Window operator settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WindowConfig {
     /// How events map to windows.
     pub assigner: WindowAssigner,
     /// How long after a window fired late events still update it (each such event re-fires
     /// the window with `is_update = true`). Zero: late events go to the late output.
     pub allowed_lateness: Duration,
-    /// Most message ids remembered per pane or session for duplicate suppression (past it,
-    /// events are admitted unchecked and counted).
-    pub dedup_cap: usize,
+    /// How message ids are remembered per pane or session for duplicate suppression (past
+    /// its capacity, events are admitted unchecked and counted).
+    pub dedup: DedupPolicy,
     /// Most late events buffered in the late output between drains; beyond it they are only
     /// counted (`WindowStats::late_dropped`).
     pub late_capacity: usize,
@@ -49,7 +48,7 @@ impl WindowConfig {
         Self {
             assigner,
             allowed_lateness: Duration::ZERO,
-            dedup_cap: DEFAULT_DEDUP_CAP,
+            dedup: DedupPolicy::default(),
             late_capacity: 1024,
         }
     }
@@ -185,7 +184,7 @@ struct KeyState<K> {
 pub struct WindowOperator<K> {
     assign: Assign,
     lateness: i64,
-    dedup_cap: usize,
+    dedup: DedupPolicy,
     late_capacity: usize,
     specs: Vec<AggSpec>,
     /// A template of empty accumulators, cloned for each new pane or session.
@@ -275,10 +274,11 @@ impl<K: Clone + Eq + Hash> WindowOperator<K> {
         for spec in &aggs {
             spec.validate()?;
         }
+        config.dedup.validate()?;
         Ok(Self {
             assign: config.assigner.compile()?,
             lateness: nanos("allowed lateness", config.allowed_lateness)?,
-            dedup_cap: config.dedup_cap,
+            dedup: config.dedup,
             late_capacity: config.late_capacity,
             empty: aggs.iter().map(AggSpec::accumulator).collect(),
             specs: aggs,
@@ -475,7 +475,7 @@ impl<K: Clone + Eq + Hash> WindowOperator<K> {
         }
         let pane = &mut state.panes[idx].1;
         if let Some(id) = id {
-            match pane.dedup.check(id, self.dedup_cap) {
+            match pane.dedup.check(id, &self.dedup) {
                 Seen::Duplicate => {
                     self.stats.duplicates += 1;
                     return Admission::Duplicate;
@@ -579,7 +579,7 @@ impl<K: Clone + Eq + Hash> WindowOperator<K> {
             return self.send_late(key, t, values);
         }
         let slot = self.slot_of(key);
-        let dedup_cap = self.dedup_cap;
+        let dedup = self.dedup;
         let Some(state) = self.slots[slot as usize].as_mut() else {
             return Admission::Accepted; // unreachable: slot_of just filled it
         };
@@ -599,7 +599,7 @@ impl<K: Clone + Eq + Hash> WindowOperator<K> {
                     for (a, b) in base.accs.iter_mut().zip(&other.accs) {
                         a.merge(b);
                     }
-                    base.dedup.merge(&other.dedup, dedup_cap);
+                    base.dedup.merge(&other.dedup, &dedup);
                     base.emitted.extend_from_slice(&other.emitted);
                 }
                 base.start = merged_start;
@@ -609,7 +609,7 @@ impl<K: Clone + Eq + Hash> WindowOperator<K> {
             }
         };
         if let Some(id) = id
-            && session.dedup.check(id, dedup_cap) == Seen::Unchecked
+            && session.dedup.check(id, &dedup) == Seen::Unchecked
         {
             self.stats.dedup_unchecked += 1;
         }
