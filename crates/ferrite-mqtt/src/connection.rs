@@ -6,7 +6,7 @@
 //! `receive_maximum` publishes await their verdict, which is how store backpressure reaches a
 //! publishing client.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -39,7 +39,7 @@ const MAX_CLIENT_ID_LEN: usize = 256;
 /// Read buffer of a quiet connection; it doubles while reads fill it, up to [`RBUF_MAX`], and
 /// shrinks back when they stop, so an idle connection holds little memory and a busy one
 /// reads in large chunks.
-const RBUF_MIN: usize = 128;
+const RBUF_MIN: usize = 64;
 const RBUF_MAX: usize = 64 << 10;
 /// A write buffer larger than this is released once written, not kept for the next write.
 const WBUF_KEEP: usize = 1024;
@@ -336,12 +336,18 @@ async fn accept<S: AsyncWrite + Unpin>(
     let told_expiry = (version == ProtocolVersion::V5 && requested > max_expiry)
         .then(|| u32::try_from(max_expiry.as_secs()).unwrap_or(u32::MAX - 1));
 
-    // A child of the shutdown token: cancelled by a takeover or by shutdown, so the session
-    // loop waits on one token for both (one future less in every connection's task).
-    let takeover = shared.shutdown.child_token();
+    // Cancelled by a takeover (through the client registry), by the revocation of the
+    // credentials (a child of the guard's token) or at shutdown (the server cancels every
+    // registered client's token), so the session loop waits on one token for all three:
+    // one future less in every connection's task.
+    let takeover = guard.revoked().child_token();
     let finished = CancellationToken::new();
     let conn_id = shared.next_connection_id();
     let old = shared.register_client(&client_id, conn_id, takeover.clone(), finished.clone());
+    // Registered before this check, so a shutdown either sees this client or is seen here.
+    if shared.shutdown.is_cancelled() {
+        takeover.cancel();
+    }
     let took_over = old.is_some();
     if let Some(old) = old {
         tracing::info!(client_id = %client_id, "session taken over by a new connection");
@@ -461,7 +467,7 @@ async fn accept<S: AsyncWrite + Unpin>(
                 shared.router.queue_memory(),
             );
             let handle = shared.router.register_session(Arc::clone(&client_id), tx);
-            (handle, out_rx, HashMap::new(), HashSet::new(), 1, 0)
+            (handle, out_rx, BTreeMap::new(), BTreeSet::new(), 1, 0)
         }
     };
     let mut handle = handle;
@@ -500,8 +506,7 @@ async fn accept<S: AsyncWrite + Unpin>(
         will_delay,
         client_receive_max,
         client_max_packet: connect.properties.maximum_packet_size,
-        aliases: HashMap::new(),
-        revoked: guard.revoked(),
+        aliases: BTreeMap::new(),
         guard,
         will: will.map(Box::new),
         wbuf: BytesMut::new(),
@@ -520,8 +525,9 @@ struct Session {
     handle: SessionHandle,
     /// Deliveries from the router (bounded: `mqtt.session_queue`).
     out_rx: SessionQueue,
-    /// Cancelled when another connection takes over the client id, or at shutdown (it is a
-    /// child of the shutdown token).
+    /// Cancelled when another connection takes over the client id, when the credentials are
+    /// revoked (a child of the guard's token), or at shutdown (by the server's sweep of
+    /// registered clients).
     takeover: CancellationToken,
     /// Cancelled by us once the connection has ended and the session is parked or ended, so
     /// a connection taking over can pick the session up.
@@ -535,9 +541,9 @@ struct Session {
     /// QoS 1/2 publishes received and not yet acknowledged.
     inflight_in: usize,
     /// QoS 2 packet ids between our PUBREC and the client's PUBREL.
-    awaiting_rel: HashSet<u16>,
+    awaiting_rel: BTreeSet<u16>,
     /// QoS 1/2 deliveries sent and not yet completed (PUBACK, or PUBREC then PUBCOMP).
-    inflight_out: HashMap<u16, InFlight>,
+    inflight_out: BTreeMap<u16, InFlight>,
     /// Retained messages to send after a SUBACK, ahead of live deliveries.
     backlog: VecDeque<Outgoing>,
     next_packet_id: u16,
@@ -546,13 +552,11 @@ struct Session {
     client_receive_max: u16,
     client_max_packet: Option<u32>,
     /// MQTT 5 topic aliases the client set when publishing.
-    aliases: HashMap<u16, TopicName>,
+    aliases: BTreeMap<u16, TopicName>,
     /// Boxed: most connections have none, and every idle connection carries this struct.
     will: Option<Box<(TopicName, ferrite_mqtt_codec::Will)>>,
     /// What this connection may do; checked on every publish and subscribe.
     guard: Arc<dyn SessionGuard>,
-    /// The guard's revocation signal, polled by the session loop.
-    revoked: CancellationToken,
     /// Encoded packets waiting to be written.
     wbuf: BytesMut,
 }
@@ -614,14 +618,13 @@ impl Session {
                 () = self.takeover.cancelled() => {
                     return if shared.shutdown.is_cancelled() {
                         Exit::Shutdown
+                    } else if self.guard.revoked().is_cancelled() {
+                        shared.stats.revoked.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), "credentials revoked; closing");
+                        Exit::Close(ReasonCode::NOT_AUTHORIZED, "credentials revoked")
                     } else {
                         Exit::TakenOver
                     };
-                }
-                () = self.revoked.cancelled() => {
-                    shared.stats.revoked.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), "credentials revoked; closing");
-                    return Exit::Close(ReasonCode::NOT_AUTHORIZED, "credentials revoked");
                 }
                 Some((ack, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Err(exit) = self.settled(ack, outcome, shared) {

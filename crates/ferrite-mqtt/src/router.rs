@@ -482,10 +482,10 @@ pub struct SessionHandle {
     id: SubscriberId,
     /// This session's filters and their options, so dropping the handle removes exactly
     /// its subscriptions (and a persistent session can store them).
-    filters: HashMap<TopicFilter, SubscribeOptions>,
+    filters: SortedMap<TopicFilter, SubscribeOptions>,
     /// This session's shared subscriptions: (share name, filter) → the subscriber id that
     /// stands for it in the tree, and its options.
-    shared: HashMap<(String, TopicFilter), (SubscriberId, SubscribeOptions)>,
+    shared: SortedMap<(String, TopicFilter), (SubscriberId, SubscribeOptions)>,
     /// Set while the session is persistent.
     durable: Option<Arc<Durable>>,
 }
@@ -647,8 +647,8 @@ impl Router {
         SessionHandle {
             router: self.clone(),
             id,
-            filters: HashMap::new(),
-            shared: HashMap::new(),
+            filters: SortedMap::default(),
+            shared: SortedMap::default(),
             durable: None,
         }
     }
@@ -1141,5 +1141,73 @@ impl Drop for SessionHandle {
             state.sinks.remove(id);
             state.shares.remove(id);
         }
+    }
+}
+
+/// A map kept as a sorted vector: a session's subscriptions, usually one or a few. An empty
+/// one allocates nothing and a one-entry one exactly its entry — where a hash map takes
+/// four buckets and its control bytes in every idle device's session — with lookups by
+/// binary search for the sessions that hold many.
+#[derive(Debug)]
+struct SortedMap<K, V>(Vec<(K, V)>);
+
+impl<K, V> Default for SortedMap<K, V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<K: Ord, V> SortedMap<K, V> {
+    fn find(&self, key: &K) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(key))
+    }
+
+    /// Insert or replace; returns the value replaced.
+    fn insert(&mut self, key: K, value: V) -> Option<V> {
+        match self.find(&key) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                if self.0.capacity() == 0 {
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (key, value));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let i = self.find(key).ok()?;
+        let (_, v) = self.0.remove(i);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(v)
+    }
+
+    fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let i = self.find(key).ok()?;
+        Some(&mut self.0[i].1)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl<'a, K: Ord, V> IntoIterator for &'a SortedMap<K, V> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 }

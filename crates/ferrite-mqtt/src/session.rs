@@ -22,7 +22,7 @@
 //! restart) in its parked session or, when the session ended with the connection, on its
 //! own, and is published then unless the client has come back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::connection::{parse_filter, spawn_session_timers};
@@ -54,8 +54,8 @@ pub(crate) struct Parked {
     pub(crate) handle: SessionHandle,
     /// Deliveries queued while offline.
     pub(crate) out_rx: SessionQueue,
-    pub(crate) inflight_out: HashMap<u16, InFlight>,
-    pub(crate) awaiting_rel: HashSet<u16>,
+    pub(crate) inflight_out: BTreeMap<u16, InFlight>,
+    pub(crate) awaiting_rel: BTreeSet<u16>,
     pub(crate) next_packet_id: u16,
     pub(crate) next_seq: u64,
     /// A will waiting for its delay interval.
@@ -199,7 +199,7 @@ pub(crate) fn restore(shared: &Arc<Shared>) {
             }
         }
         handle.reattach_durable(&client_id, stored.expiry, stored.next_seq);
-        let mut inflight_out = HashMap::new();
+        let mut inflight_out = BTreeMap::new();
         let mut next_packet_id = 1u16;
         let mut next_seq = 0;
         for delivery in stored.messages {

@@ -76,6 +76,11 @@ impl<V: Clone> SubscriptionTree<V> {
             slot.1 = value;
             true
         } else {
+            // Most filters have one subscriber: room for exactly one, not the four a first
+            // push reserves (every idle device's subscription pays for it).
+            if list.capacity() == 0 {
+                list.reserve_exact(1);
+            }
             list.push((id, value));
             self.len += 1;
             false
