@@ -36,6 +36,9 @@ pub trait SessionGuard: Send + Sync + 'static {
     fn may_subscribe(&self, filter: &str) -> bool;
     /// Cancelled when the connection must end at once (credentials revoked, device
     /// disabled or deleted); the gateway then closes it with reason 0x87 not authorized.
+    /// The token must be this guard's own, never shared with another connection's: the
+    /// gateway cancels it too when the connection ends for another reason (a takeover,
+    /// shutdown), so that each connection waits on one token for all of them.
     fn revoked(&self) -> CancellationToken;
     /// The connection was accepted; `connection` is unique for the server's lifetime and
     /// increases, so a later connection of the same device has a larger id.

@@ -30,7 +30,7 @@ use crate::auth::{ConnectRequest, SessionGuard};
 use crate::router::{
     Message, Outgoing, PublishOutcome, SessionHandle, SessionQueue, SubscribeOptions, Verdict,
 };
-use crate::server::Shared;
+use crate::server::{Live, Shared};
 use crate::session::{InFlight, Parked, PendingWill, send_will};
 
 /// Longest client identifier accepted (MQTT requires servers to accept 23; more is allowed).
@@ -336,14 +336,19 @@ async fn accept<S: AsyncWrite + Unpin>(
     let told_expiry = (version == ProtocolVersion::V5 && requested > max_expiry)
         .then(|| u32::try_from(max_expiry.as_secs()).unwrap_or(u32::MAX - 1));
 
-    // Cancelled by a takeover (through the client registry), by the revocation of the
-    // credentials (a child of the guard's token) or at shutdown (the server cancels every
-    // registered client's token), so the session loop waits on one token for all three:
-    // one future less in every connection's task.
-    let takeover = guard.revoked().child_token();
-    let finished = CancellationToken::new();
+    // The guard's own token (see `SessionGuard::revoked`), cancelled by the revocation of
+    // the credentials, by a takeover (through the client registry) or at shutdown (the
+    // server cancels every registered client's token): the session loop waits on one token
+    // for all three, one future less in every connection's task and no token of its own.
+    let takeover = guard.revoked();
     let conn_id = shared.next_connection_id();
-    let old = shared.register_client(&client_id, conn_id, takeover.clone(), finished.clone());
+    let keep_alive_after =
+        (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+    let live = Arc::new(Live::default());
+    if let Some(after) = keep_alive_after {
+        shared.touch(&live, after);
+    }
+    let old = shared.register_client(&client_id, conn_id, takeover.clone(), Arc::clone(&live));
     // Registered before this check, so a shutdown either sees this client or is seen here.
     if shared.shutdown.is_cancelled() {
         takeover.cancel();
@@ -357,7 +362,7 @@ async fn accept<S: AsyncWrite + Unpin>(
         old.stop.cancel();
         // The old connection parks its session on the way out; wait for it so this one can
         // take the session over. A connection stuck writing is given up on after a while.
-        let _ = tokio::time::timeout(Duration::from_secs(5), old.finished.cancelled()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), old.live.finished()).await;
     }
     let announced = took_over;
     let parked = shared.sessions.take(&client_id);
@@ -429,7 +434,7 @@ async fn accept<S: AsyncWrite + Unpin>(
         if announced {
             guard.disconnected(conn_id, "connection lost");
         }
-        finished.cancel();
+        live.finish();
         return None;
     }
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -490,11 +495,11 @@ async fn accept<S: AsyncWrite + Unpin>(
         client_id,
         conn_id,
         peer,
-        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        keep_alive: keep_alive_after,
+        live,
         handle,
         out_rx,
         takeover,
-        finished,
         expiry,
         pending: FuturesOrdered::new(),
         inflight_in: 0,
@@ -521,17 +526,17 @@ struct Session {
     peer: SocketAddr,
     /// 1.5 × the negotiated keep-alive; `None` when the client disabled it (MQTT 3.1.1).
     keep_alive: Option<Duration>,
+    /// Shared with the client registry: the keep-alive deadline the server's reaper watches
+    /// (moved on by every read), and the signal, given once the connection has ended and
+    /// the session is parked or ended, that a connection taking over may pick it up.
+    live: Arc<Live>,
     /// Our subscriptions in the router; dropping it unsubscribes everything.
     handle: SessionHandle,
     /// Deliveries from the router (bounded: `mqtt.session_queue`).
     out_rx: SessionQueue,
-    /// Cancelled when another connection takes over the client id, when the credentials are
-    /// revoked (a child of the guard's token), or at shutdown (by the server's sweep of
-    /// registered clients).
+    /// The guard's revocation token, also cancelled when another connection takes over the
+    /// client id, or at shutdown (by the server's sweep of registered clients).
     takeover: CancellationToken,
-    /// Cancelled by us once the connection has ended and the session is parked or ended, so
-    /// a connection taking over can pick the session up.
-    finished: CancellationToken,
     /// How long the session outlives the connection; zero ends it with the connection.
     expiry: Duration,
     /// MQTT 5 Will Delay Interval.
@@ -574,7 +579,6 @@ impl Session {
     {
         self.resend_inflight(shared);
         let max_pending = usize::from(shared.config.receive_maximum) + 64;
-        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
         let mut read_size = RBUF_MIN;
         loop {
             // Decode everything already buffered, unless too many publishes are pending.
@@ -618,7 +622,11 @@ impl Session {
                 () = self.takeover.cancelled() => {
                     return if shared.shutdown.is_cancelled() {
                         Exit::Shutdown
-                    } else if self.guard.revoked().is_cancelled() {
+                    } else if self.live.expired() {
+                        tracing::debug!(client_id = %self.client_id, "keep-alive expired");
+                        Exit::Close(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+                    } else if shared.is_current(&self.client_id, self.conn_id) {
+                        // Not taken over (the registry would name the new connection).
                         shared.stats.revoked.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(client_id = %self.client_id, principal = self.guard.principal(), "credentials revoked; closing");
                         Exit::Close(ReasonCode::NOT_AUTHORIZED, "credentials revoked")
@@ -651,7 +659,9 @@ impl Session {
                 read = stream.read_buf(rbuf), if can_read => match read {
                     Ok(0) | Err(_) => return Exit::Lost,
                     Ok(n) => {
-                        deadline = self.keep_alive.map(|k| Instant::now() + k);
+                        if let Some(after) = self.keep_alive {
+                            shared.touch(&self.live, after);
+                        }
                         if n >= spare {
                             read_size = (read_size * 2).min(RBUF_MAX);
                         } else if n < read_size / 4 {
@@ -659,10 +669,6 @@ impl Session {
                         }
                     }
                 },
-                () = sleep_until(deadline) => {
-                    tracing::debug!(client_id = %self.client_id, "keep-alive expired");
-                    return Exit::Close(ReasonCode::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
-                }
             }
         }
     }
@@ -1320,7 +1326,7 @@ impl Session {
             next_seq,
             expiry,
             will_delay,
-            finished,
+            live,
             ..
         } = self;
         let full = !expiry.is_zero()
@@ -1338,7 +1344,7 @@ impl Session {
             handle.make_volatile();
             drop(handle);
             shared.unregister_client(&client_id, conn_id);
-            finished.cancel();
+            live.finish();
             if let Some(will) = will {
                 send_will(shared, &client_id, will).await;
             }
@@ -1369,7 +1375,7 @@ impl Session {
             },
         );
         shared.unregister_client(&client_id, conn_id);
-        finished.cancel();
+        live.finish();
         if let Some(stale) = stale {
             end_session(&client_id, stale, shared).await;
         }

@@ -73,17 +73,62 @@ pub(crate) struct Shared {
     /// Sessions whose connection ended, kept for the client's return.
     pub(crate) sessions: crate::session::Sessions,
     next_connection: AtomicU64,
+    /// Keep-alive deadlines count milliseconds from here.
+    pub(crate) epoch: tokio::time::Instant,
     /// The TLS listener's acceptor; replaced by [`MqttHandle::reload_tls`].
     tls: Option<std::sync::RwLock<TlsAcceptor>>,
+}
+
+/// How often the keep-alive reaper looks for connections past their deadline: a silent
+/// client is closed between 1.5 × its keep-alive and that plus this.
+const KEEP_ALIVE_TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What a live connection shares with the client registry, in one small allocation.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    /// The keep-alive deadline in milliseconds since [`Shared::epoch`]: 0 while there is
+    /// none, [`EXPIRED`] once the reaper has stopped the connection for it. The connection
+    /// moves it on with every read; the reaper (one task for the server, instead of a timer
+    /// in every connection's task) compares it with the clock.
+    deadline: AtomicU64,
+    /// Set once the connection has ended and its session is parked or ended.
+    finished: std::sync::atomic::AtomicBool,
+    done: tokio::sync::Notify,
+}
+
+const EXPIRED: u64 = u64::MAX;
+
+impl Live {
+    /// Whether the reaper stopped the connection for its keep-alive.
+    pub(crate) fn expired(&self) -> bool {
+        self.deadline.load(Ordering::Relaxed) == EXPIRED
+    }
+
+    /// The connection has ended and its session is parked or ended.
+    pub(crate) fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.done.notify_waiters();
+    }
+
+    /// Wait for [`Live::finish`].
+    pub(crate) async fn finished(&self) {
+        let notified = self.done.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a finish in between still wakes it.
+        notified.as_mut().enable();
+        if !self.finished.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
 }
 
 /// The live connection of one client id.
 pub(crate) struct LiveClient {
     conn: u64,
-    /// Cancelled to make the connection stop (takeover).
+    /// Cancelled to make the connection stop (takeover, keep-alive expiry, shutdown).
     pub(crate) stop: CancellationToken,
-    /// Cancelled by the connection once it has finished, its session parked or ended.
-    pub(crate) finished: CancellationToken,
+    /// Its keep-alive deadline and end.
+    pub(crate) live: Arc<Live>,
 }
 
 impl Shared {
@@ -91,24 +136,55 @@ impl Shared {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Record `conn` as the live connection of `client_id` (stopped through `stop`, which
-    /// cancels `finished` when done); returns the previous live connection, if any.
+    /// Record `conn` as the live connection of `client_id` (stopped through `stop`; it calls
+    /// `live.finish()` when done); returns the previous live connection, if any.
     pub(crate) fn register_client(
         &self,
         client_id: &Arc<str>,
         conn: u64,
         stop: CancellationToken,
-        finished: CancellationToken,
+        live: Arc<Live>,
     ) -> Option<LiveClient> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients.insert(
-            Arc::clone(client_id),
-            LiveClient {
-                conn,
-                stop,
-                finished,
-            },
-        )
+        clients.insert(Arc::clone(client_id), LiveClient { conn, stop, live })
+    }
+
+    /// Milliseconds since [`Shared::epoch`] (never 0).
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(EXPIRED - 1)
+            .saturating_add(1)
+    }
+
+    /// Move `keep_alive`'s deadline to `after` from now, unless the reaper already expired it.
+    pub(crate) fn touch(&self, live: &Live, after: std::time::Duration) {
+        let deadline = self
+            .now_ms()
+            .saturating_add(u64::try_from(after.as_millis()).unwrap_or(EXPIRED))
+            .min(EXPIRED - 1);
+        let _ = live
+            .deadline
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                (d != EXPIRED).then_some(deadline)
+            });
+    }
+
+    /// Stop the connections whose keep-alive deadline has passed.
+    fn expire_silent(&self) {
+        let now = self.now_ms();
+        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        for c in clients.values() {
+            let d = c.live.deadline.load(Ordering::Relaxed);
+            if d != 0
+                && d < now
+                && c.live
+                    .deadline
+                    .compare_exchange(d, EXPIRED, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                c.stop.cancel();
+            }
+        }
     }
 
     /// Stop every registered connection (at shutdown; a connection registering later sees
@@ -118,6 +194,12 @@ impl Shared {
         for c in clients.values() {
             c.stop.cancel();
         }
+    }
+
+    /// Whether `conn` is still `client_id`'s registered connection (not taken over).
+    pub(crate) fn is_current(&self, client_id: &Arc<str>, conn: u64) -> bool {
+        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.get(client_id).is_some_and(|c| c.conn == conn)
     }
 
     /// Forget `conn` as `client_id`'s live connection, unless a newer one replaced it.
@@ -220,16 +302,24 @@ impl MqttServer {
             clients: Mutex::default(),
             sessions: crate::session::Sessions::default(),
             next_connection: AtomicU64::new(1),
+            epoch: tokio::time::Instant::now(),
             tls: acceptor,
             config,
         });
         crate::session::restore(&shared);
         let tracker = TaskTracker::new();
-        // Connections wait on one token each for takeover, revocation and shutdown; this
-        // passes the shutdown on to them.
+        // Connections wait on one token each for takeover, revocation, keep-alive expiry and
+        // shutdown; this task expires silent ones and passes the shutdown on to them.
         let sweep = Arc::clone(&shared);
         tracker.spawn(async move {
-            sweep.shutdown.cancelled().await;
+            let mut tick = tokio::time::interval(KEEP_ALIVE_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = sweep.shutdown.cancelled() => break,
+                    _ = tick.tick() => sweep.expire_silent(),
+                }
+            }
             sweep.stop_clients();
         });
         // One cap for both listeners: when all permits are taken, accepting pauses and new
@@ -435,6 +525,7 @@ mod tests {
             clients: Mutex::default(),
             sessions: crate::session::Sessions::default(),
             next_connection: AtomicU64::new(1),
+            epoch: tokio::time::Instant::now(),
             tls: None,
         });
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();

@@ -8,9 +8,12 @@ use ferrite_core::{TopicFilter, TopicName};
 /// Identifies one subscriber (a client session or an internal consumer) in the router.
 pub type SubscriberId = u64;
 
+/// One level. Most nodes are leaves (a device's own topic), so what a leaf does not use is
+/// kept out of line: the children map is boxed and absent until the first child, and a
+/// level's name is a boxed `str` — a leaf is 64 bytes plus its key, in its parent's table.
 #[derive(Debug)]
 struct Node<V> {
-    children: HashMap<String, Node<V>>,
+    children: Option<Box<HashMap<Box<str>, Node<V>>>>,
     /// Subtree of the `+` level.
     plus: Option<Box<Node<V>>>,
     /// Subscriptions whose filter ends here with `#`.
@@ -22,7 +25,7 @@ struct Node<V> {
 impl<V> Default for Node<V> {
     fn default() -> Self {
         Self {
-            children: HashMap::new(),
+            children: None,
             plus: None,
             hash: Vec::new(),
             exact: Vec::new(),
@@ -31,8 +34,12 @@ impl<V> Default for Node<V> {
 }
 
 impl<V> Node<V> {
+    fn child(&self, level: &str) -> Option<&Node<V>> {
+        self.children.as_ref()?.get(level)
+    }
+
     fn is_empty(&self) -> bool {
-        self.children.is_empty()
+        self.children.is_none()
             && self.plus.is_none()
             && self.hash.is_empty()
             && self.exact.is_empty()
@@ -64,7 +71,13 @@ impl<V: Clone> SubscriptionTree<V> {
             match level {
                 "#" => is_hash = true,
                 "+" => node = node.plus.get_or_insert_with(Box::default),
-                l => node = node.children.entry(l.to_owned()).or_default(),
+                l => {
+                    node = node
+                        .children
+                        .get_or_insert_with(Box::default)
+                        .entry(l.into())
+                        .or_default();
+                }
             }
         }
         let list = if is_hash {
@@ -103,7 +116,7 @@ impl<V: Clone> SubscriptionTree<V> {
         let levels: Vec<&str> = topic.levels().collect();
         if topic.is_system() {
             // Root wildcards do not match `$` topics: only descend the literal first level.
-            if let Some(child) = self.root.children.get(levels[0]) {
+            if let Some(child) = self.root.child(levels[0]) {
                 match_at(child, &levels[1..], &mut f);
             }
         } else {
@@ -133,7 +146,7 @@ fn match_at<V>(node: &Node<V>, levels: &[&str], f: &mut impl FnMut(SubscriberId,
         }
         return;
     };
-    if let Some(child) = node.children.get(*first) {
+    if let Some(child) = node.child(first) {
         match_at(child, rest, f);
     }
     if let Some(plus) = &node.plus {
@@ -164,12 +177,18 @@ fn remove_at<V>(node: &mut Node<V>, levels: &[&str], id: SubscriberId) -> bool {
             removed
         }
         l => {
-            let Some(child) = node.children.get_mut(l) else {
+            let Some(children) = node.children.as_mut() else {
+                return false;
+            };
+            let Some(child) = children.get_mut(l) else {
                 return false;
             };
             let removed = remove_at(child, rest, id);
             if child.is_empty() {
-                node.children.remove(l);
+                children.remove(l);
+                if children.is_empty() {
+                    node.children = None;
+                }
             }
             removed
         }

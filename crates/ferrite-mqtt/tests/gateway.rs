@@ -1302,3 +1302,53 @@ async fn a_full_queue_with_drop_oldest_keeps_the_newest_also_across_a_restart() 
     assert!(quiet.is_err(), "nothing else queued: {quiet:?}");
     shutdown.cancel();
 }
+
+/// A client silent for 1.5 × its keep-alive is closed (MQTT 5: DISCONNECT 0x8D keep alive
+/// timeout; 3.1.1: the connection just closes), never earlier; one that keeps talking stays.
+#[tokio::test]
+async fn silent_clients_are_closed_after_one_and_a_half_keep_alives() {
+    let (server, shutdown) = start(Router::new(100)).await;
+    let addr = server.local_addr();
+    let connect = |version, id: &str| Connect {
+        protocol: version,
+        clean_start: true,
+        keep_alive: 1,
+        client_id: id.to_owned(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    };
+    let started = tokio::time::Instant::now();
+    let (mut silent5, _) = Raw::open(addr, connect(ProtocolVersion::V5, "silent-5")).await;
+    let (mut silent3, _) = Raw::open(addr, connect(ProtocolVersion::V311, "silent-3")).await;
+    let (mut talker, _) = Raw::open(addr, connect(ProtocolVersion::V5, "talker")).await;
+
+    // The talker pings every 400 ms for longer than the others are allowed to be silent.
+    let talking = tokio::spawn(async move {
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            talker.send(&Packet::PingReq).await;
+            assert_eq!(talker.next().await, Some(Packet::PingResp), "talker kept");
+        }
+        talker
+    });
+    match silent5.next().await {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, ReasonCode::KEEP_ALIVE_TIMEOUT);
+        }
+        other => panic!("expected DISCONNECT 0x8D, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}, before 1.5 × keep-alive",
+        started.elapsed()
+    );
+    assert!(silent5.next().await.is_none(), "closed after DISCONNECT");
+    assert!(silent3.next().await.is_none(), "3.1.1: closed");
+    let mut talker = talking.await.unwrap();
+    talker.send(&Packet::PingReq).await;
+    assert_eq!(talker.next().await, Some(Packet::PingResp));
+    shutdown.cancel();
+    server.wait().await;
+}
