@@ -82,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/query", post(query))
         .route("/api/v1/export", get(export::handle))
         .route("/api/v1/store", get(store_stats))
+        .route("/api/v1/mqtt", get(mqtt_stats))
         .route("/api/v2/write", post(write::handle))
         .route("/write", post(write::handle))
         .route("/mqtt", get(ws::upgrade))
@@ -183,6 +184,23 @@ async fn store_stats(
         return *r;
     }
     axum::Json(state.store.stats()).into_response()
+}
+
+/// `GET /api/v1/mqtt`: the MQTT gateway's state (clients connected, sessions kept for absent
+/// clients, retained messages, bytes queued) and its counters since start (connections,
+/// publishes in and out, deliveries dropped by each queue limit, refusals, session-store
+/// commits). Anyone who may read the fleet.
+async fn mqtt_stats(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<ferrite_fleet::ApiPrincipal>,
+) -> Response {
+    if let Err(r) = fleet::require(&principal, ferrite_fleet::Permission::ReadFleet) {
+        return *r;
+    }
+    match &state.mqtt {
+        Some(mqtt) => axum::Json(mqtt.stats()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "the MQTT gateway is not running"),
+    }
 }
 
 async fn healthz() -> Response {

@@ -1248,6 +1248,29 @@ impl Session {
         version: ProtocolVersion,
         shared: &Arc<Shared>,
     ) {
+        // Publishes read before the connection ended are routed before it is torn down, in
+        // order: a client's last QoS 0 message followed at once by DISCONNECT (as
+        // `mosquitto_pub` sends them) or by a close must not vanish with the connection. No
+        // acknowledgement goes out for them any more. Bounded: a publish waits at most
+        // `mqtt.queue_wait` for queue room.
+        let drain = async {
+            while let Some((_, outcome)) = self.pending.next().await {
+                if let Verdict::Rejected(..) = outcome.verdict {
+                    shared
+                        .stats
+                        .publishes_rejected
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(
+            shared
+                .config
+                .queue_wait
+                .saturating_add(Duration::from_secs(1)),
+            drain,
+        )
+        .await;
         let (reason, publish_will) = match &exit {
             Exit::ClientDisconnect { publish_will, .. } => (None, *publish_will),
             Exit::Lost => (None, true),

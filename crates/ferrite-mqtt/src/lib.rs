@@ -35,7 +35,7 @@ pub use persist::{PersistError, PersistStats};
 pub use router::{
     Delivery, InternalSubscription, Message, PublishOutcome, QueueFullPolicy, Router, Verdict,
 };
-pub use server::{MqttHandle, MqttServer, MqttStats};
+pub use server::{GatewayStats, MqttHandle, MqttServer, MqttStats};
 
 /// Errors starting the gateway.
 #[derive(Debug, thiserror::Error)]

@@ -70,7 +70,7 @@ pub enum PersistError {
 }
 
 /// Counters of the session store.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct PersistStats {
     /// Transactions committed.
     pub commits: AtomicU64,

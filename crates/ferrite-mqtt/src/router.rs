@@ -433,7 +433,7 @@ struct State {
 }
 
 /// Router counters.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct RouterStats {
     /// Messages published into the router.
     pub published: AtomicU64,

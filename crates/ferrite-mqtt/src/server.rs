@@ -18,7 +18,7 @@ use crate::config::{MqttConfig, TlsConfig};
 use crate::router::Router;
 
 /// Gateway counters.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct MqttStats {
     /// Connections accepted (CONNACK success) since start.
     pub connections: AtomicU64,
@@ -227,7 +227,46 @@ pub struct MqttHandle {
     tracker: TaskTracker,
 }
 
+/// The gateway's state and counters since start, as `GET /api/v1/mqtt` shows them.
+#[derive(Debug, serde::Serialize)]
+pub struct GatewayStats<'a> {
+    /// Clients connected now.
+    pub clients_connected: usize,
+    /// Persistent sessions kept for clients that are away now.
+    pub sessions_away: usize,
+    /// Retained messages held now.
+    pub retained: usize,
+    /// Topic and payload bytes queued for delivery across all sessions now (against
+    /// `mqtt.max_queued_bytes`).
+    pub queued_bytes: usize,
+    /// Connections, publishes, sessions, refusals.
+    pub gateway: &'a MqttStats,
+    /// Routing and the deliveries dropped by each queue limit.
+    pub router: &'a crate::router::RouterStats,
+    /// The session store's commits; absent for a gateway without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_store: Option<&'a crate::persist::PersistStats>,
+}
+
 impl MqttHandle {
+    /// A snapshot of the gateway's state and its counters.
+    pub fn stats(&self) -> GatewayStats<'_> {
+        let s = &self.shared;
+        GatewayStats {
+            clients_connected: s
+                .clients
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            sessions_away: s.sessions.len(),
+            retained: s.router.retained_count(),
+            queued_bytes: s.router.queued_bytes(),
+            gateway: &s.stats,
+            router: s.router.stats(),
+            session_store: s.router.persist_stats().map(|a| &**a),
+        }
+    }
+
     /// Serve one already-established byte stream as an MQTT connection, under the same
     /// connection cap as the listeners. Returns when the connection ends.
     pub async fn serve<S>(&self, stream: S, peer: SocketAddr)

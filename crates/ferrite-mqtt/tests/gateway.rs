@@ -1352,3 +1352,43 @@ async fn silent_clients_are_closed_after_one_and_a_half_keep_alives() {
     shutdown.cancel();
     server.wait().await;
 }
+
+/// A publish followed at once by DISCONNECT (as `mosquitto_pub` sends them), or by a close,
+/// in the same segment is still delivered: packets are handled in order, and the end of the
+/// connection does not discard what came before it.
+#[tokio::test]
+async fn a_last_publish_before_disconnect_or_close_is_delivered() {
+    let (server, shutdown) = start(Router::new(100)).await;
+    let addr = server.local_addr();
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        let mut sub = Raw::connect(addr, version).await;
+        sub.send(&subscribe("last/#", 1)).await;
+        assert!(matches!(sub.next().await, Some(Packet::SubAck(_))));
+        for (n, then_disconnect) in [(1, true), (2, false)] {
+            let mut publisher = Raw::connect(addr, version).await;
+            let mut bytes = BytesMut::new();
+            let mut p = publish(&format!("last/{n}"), 0);
+            if let Packet::Publish(p) = &mut p {
+                p.qos = QoS::AtMostOnce;
+                p.packet_id = None;
+            }
+            p.encode(version, &mut bytes).unwrap();
+            if then_disconnect {
+                Packet::Disconnect(ferrite_mqtt_codec::Disconnect {
+                    reason_code: ReasonCode::SUCCESS,
+                    properties: Properties::default(),
+                })
+                .encode(version, &mut bytes)
+                .unwrap();
+            }
+            publisher.stream.write_all(&bytes).await.unwrap();
+            drop(publisher);
+            match sub.next().await {
+                Some(Packet::Publish(got)) => assert_eq!(got.topic, format!("last/{n}")),
+                other => panic!("{version:?}: expected last/{n}, got {other:?}"),
+            }
+        }
+    }
+    shutdown.cancel();
+    server.wait().await;
+}

@@ -221,6 +221,35 @@ async fn subscriber_receives_what_publisher_sends() {
             ),
         ]
     );
+    // The gateway's counters show what happened: the watcher still connected, the two
+    // publishes it received in and out (the third, QoS 0, may still be on its way), nothing
+    // dropped.
+    let stats: Value = reqwest::get(format!("http://{}/api/v1/mqtt", server.http_addr()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(stats["clients_connected"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["gateway"]["connections"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
+    assert!(
+        stats["gateway"]["publishes_in"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+    assert!(
+        stats["gateway"]["publishes_out"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+    assert!(
+        stats["router"]["published"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
+    assert_eq!(stats["router"]["dropped_queue_full"], 0, "{stats}");
+    assert_eq!(stats["router"]["dropped_memory"], 0, "{stats}");
+    assert!(stats["session_store"]["commits"].is_u64(), "{stats}");
     server.shutdown().await;
 }
 
