@@ -114,6 +114,11 @@ pub(crate) enum RuleCommand {
         /// '{"method":"bloom","false_positive_rate":0.001}' (default: exact).
         #[arg(long, value_name = "JSON", requires = "message_id")]
         dedup: Option<String>,
+        /// Stateless rules with `gap()`: after the last message, report the series silent at
+        /// this time too (RFC 3339 or epoch milliseconds). Silences between messages are
+        /// reported at each message's time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
     },
 }
 
@@ -244,7 +249,20 @@ async fn rule_inner(api: ApiArgs, command: RuleCommand) -> Result<String, ExitCo
             allowed_lateness,
             message_id,
             dedup,
+            until,
         } => {
+            let until = match until {
+                Some(t) => {
+                    let v = t
+                        .parse::<i64>()
+                        .map_or_else(|_| Value::String(t.clone()), Value::from);
+                    Some(parse_ts(&v).map_err(|e| {
+                        eprintln!("error: --until {t:?}: {e}");
+                        ExitCode::from(2)
+                    })?)
+                }
+                None => None,
+            };
             let dedup = match dedup {
                 Some(d) => serde_json::from_value(parse_json("--dedup", &d)?).map_err(|e| {
                     eprintln!("error: --dedup: {e}");
@@ -259,6 +277,7 @@ async fn rule_inner(api: ApiArgs, command: RuleCommand) -> Result<String, ExitCo
                 (out_of_orderness.into(), allowed_lateness.into()),
                 message_id.as_deref(),
                 dedup,
+                until,
             )
         }
     }
@@ -283,6 +302,7 @@ fn test(
     (out_of_orderness, allowed_lateness): (Duration, Duration),
     message_id: Option<&str>,
     dedup: DedupPolicy,
+    until: Option<Timestamp>,
 ) -> Result<String, ExitCode> {
     let options = RuleOptions {
         watermark: WatermarkConfig {
@@ -311,6 +331,11 @@ fn test(
         if let Some(field) = message_id {
             msg.set_id_from(field);
         }
+        // Processing time is the message's time: the series silent by then are reported
+        // first, as the server's evaluator would between messages.
+        if !rule.is_windowed() {
+            silences(&mut rule, msg.received_at, &mut trace);
+        }
         rule.process(&msg, &mut out);
         trace.push_str(
             &json!({
@@ -321,6 +346,11 @@ fn test(
             .to_string(),
         );
         trace.push('\n');
+    }
+    if let Some(t) = until
+        && !rule.is_windowed()
+    {
+        silences(&mut rule, t, &mut trace);
     }
     rule.flush(&mut out);
     let s = rule.stats();
@@ -343,8 +373,27 @@ fn test(
     Ok(trace)
 }
 
+/// Trace the rows `gap()` silences make at processing time `now`, if any.
+fn silences(rule: &mut Rule, now: Timestamp, trace: &mut String) {
+    let mut out = Vec::new();
+    rule.advance(now, &mut out);
+    if !out.is_empty() {
+        trace.push_str(
+            &json!({
+                "at": now.to_string(),
+                "silences": out.into_iter().map(emitted).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        );
+        trace.push('\n');
+    }
+}
+
 fn emitted(o: Output) -> Value {
     let mut v = json!({ "row": o.row });
+    if let Some(m) = &o.silence {
+        v["silent"] = Value::String(m.topic.as_str().to_owned());
+    }
     if let Some(w) = o.window {
         v["window"] = json!({"start": w.start.to_string(), "end": w.end.to_string()});
     }

@@ -1544,3 +1544,63 @@ async fn export_writes_parquet_csv_and_ndjson_of_a_time_range() {
         assert!(!dir.path().join(name).exists(), "{name}");
     }
 }
+
+/// `ferrite rule test` reports `gap()` silences offline: between messages at each message's
+/// time, and after the last one up to `--until`; each silence once.
+#[test]
+fn rule_test_reports_gap_silences_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("messages.ndjson");
+    std::fs::write(
+        &input,
+        [
+            r#"{"topic": "devices/d1/telemetry", "payload": {"v": 1}, "ts": 1700000000000}"#,
+            r#"{"topic": "devices/d2/telemetry", "payload": {"v": 1}, "ts": 1700000001000}"#,
+            r#"{"topic": "devices/d2/telemetry", "payload": {"v": 2}, "ts": 1700000005000}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "rule",
+            "test",
+            "--sql",
+            "SELECT device_id() AS d FROM 'devices/+/telemetry' WHERE gap('3s')",
+            "--until",
+            "1700000020000",
+            "--input",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trace: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let silent = |t: &serde_json::Value| {
+        let mut d: Vec<String> = t["silences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["row"]["d"].as_str().unwrap().to_owned())
+            .collect();
+        d.sort();
+        d
+    };
+    // Both devices are silent for more than 3 s by the third message (at 5 s), which itself
+    // ends d2's silence; by 20 s d2 is silent again, d1 still (not reported twice).
+    assert_eq!(trace.len(), 6, "{trace:?}");
+    assert_eq!(trace[2]["at"], "2023-11-14T22:13:25Z");
+    assert_eq!(silent(&trace[2]), ["d1", "d2"]);
+    assert_eq!(trace[3]["line"], 3);
+    assert_eq!(trace[3]["emitted"], serde_json::json!([]));
+    assert_eq!(silent(&trace[4]), ["d2"]);
+    assert_eq!(trace[5]["stats"]["rows"], 3);
+}
