@@ -1159,48 +1159,41 @@ async fn simulate_connect_only_reports_the_connect_storm() {
     assert_eq!(report["errors"], 20);
 }
 
+/// Run `ferrite rule test` with `args` over `lines` (NDJSON) and parse the trace.
+fn rule_test_trace(lines: &[&str], args: &[&str]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("messages.ndjson");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["rule", "test"])
+        .args(args)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .collect()
+}
+
 /// `ferrite rule test` runs a rule offline and traces what each message made it emit.
 #[test]
 fn rule_test_traces_a_rule_offline() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("messages.ndjson");
-    std::fs::write(
-        &input,
-        [
-            r#"{"topic": "devices/s1/telemetry", "payload": {"temp": 25}, "ts": 1700000000100}"#,
-            r#"{"topic": "devices/s1/telemetry", "payload": {"temp": 31.5}, "ts": 1700000000500}"#,
-            "",
-            r#"{"topic": "other/topic", "payload": {"temp": 99}, "ts": 1700000001200}"#,
-            r#"{"topic": "devices/s2/telemetry", "payload": {"temp": 40, "ts": 1700000001700}}"#,
-        ]
-        .join("\n"),
-    )
-    .unwrap();
-    let run = |sql: &str| {
-        let out = Command::new(BIN)
-            .args([
-                "rule",
-                "test",
-                "--out-of-orderness",
-                "0s",
-                "--sql",
-                sql,
-                "--input",
-            ])
-            .arg(&input)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .collect::<Vec<_>>()
-    };
+    let lines = [
+        r#"{"topic": "devices/s1/telemetry", "payload": {"temp": 25}, "ts": 1700000000100}"#,
+        r#"{"topic": "devices/s1/telemetry", "payload": {"temp": 31.5}, "ts": 1700000000500}"#,
+        "",
+        r#"{"topic": "other/topic", "payload": {"temp": 99}, "ts": 1700000001200}"#,
+        r#"{"topic": "devices/s2/telemetry", "payload": {"temp": 40, "ts": 1700000001700}}"#,
+    ];
+    let run = |sql: &str| rule_test_trace(&lines, &["--out-of-orderness", "0s", "--sql", sql]);
 
     let trace =
         run("SELECT device_id() AS device, temp FROM 'devices/+/telemetry' WHERE temp > 30");
@@ -1236,6 +1229,9 @@ fn rule_test_traces_a_rule_offline() {
     );
 
     // A rule that does not compile is a usage error with its position.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("messages.ndjson");
+    std::fs::write(&input, lines.join("\n")).unwrap();
     let out = Command::new(BIN)
         .args([
             "rule",
@@ -1549,41 +1545,19 @@ async fn export_writes_parquet_csv_and_ndjson_of_a_time_range() {
 /// time, and after the last one up to `--until`; each silence once.
 #[test]
 fn rule_test_reports_gap_silences_offline() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("messages.ndjson");
-    std::fs::write(
-        &input,
-        [
+    let trace = rule_test_trace(
+        &[
             r#"{"topic": "devices/d1/telemetry", "payload": {"v": 1}, "ts": 1700000000000}"#,
             r#"{"topic": "devices/d2/telemetry", "payload": {"v": 1}, "ts": 1700000001000}"#,
             r#"{"topic": "devices/d2/telemetry", "payload": {"v": 2}, "ts": 1700000005000}"#,
-        ]
-        .join("\n"),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "rule",
-            "test",
+        ],
+        &[
             "--sql",
             "SELECT device_id() AS d FROM 'devices/+/telemetry' WHERE gap('3s')",
             "--until",
             "1700000020000",
-            "--input",
-        ])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let trace: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let silent = |t: &serde_json::Value| {
         let mut d: Vec<String> = t["silences"]
             .as_array()
