@@ -22,7 +22,9 @@ use crate::fleet_cmd::{ApiArgs, call, finish, pretty, read_file};
 
 #[derive(Subcommand)]
 pub(crate) enum RuleCommand {
-    /// Create a rule from flags or from a JSON definition file.
+    /// Create a rule from flags or from a JSON definition file (with --replace: update the
+    /// rule of that name to this whole definition; it applies at once, window state of a
+    /// changed rule starts empty).
     Create {
         /// The rule's name (with --file: overrides the file's).
         name: Option<String>,
@@ -51,6 +53,9 @@ pub(crate) enum RuleCommand {
         /// A whole definition as JSON (`-` for standard input).
         #[arg(long, conflicts_with_all = ["sql", "actions", "error_action"])]
         file: Option<PathBuf>,
+        /// Replace the existing rule of that name instead of creating one.
+        #[arg(long)]
+        replace: bool,
     },
     /// List rules with their counters.
     List,
@@ -139,6 +144,7 @@ async fn rule_inner(api: ApiArgs, command: RuleCommand) -> Result<String, ExitCo
             description,
             disabled,
             file,
+            replace,
         } => {
             let mut body = match file {
                 Some(f) => {
@@ -181,9 +187,16 @@ async fn rule_inner(api: ApiArgs, command: RuleCommand) -> Result<String, ExitCo
                 eprintln!("error: the rule needs a name (argument NAME or \"name\" in the file)");
                 return Err(ExitCode::from(2));
             }
-            call(&api, Method::POST, "/api/v1/rules", Some(body))
-                .await
-                .map(|v| format!("rule {} created\n", v["name"].as_str().unwrap_or("?")))
+            if replace {
+                let name = obj["name"].as_str().unwrap_or_default().to_owned();
+                call(&api, Method::PUT, &path(&name, ""), Some(body))
+                    .await
+                    .map(|v| format!("rule {} replaced\n", v["name"].as_str().unwrap_or("?")))
+            } else {
+                call(&api, Method::POST, "/api/v1/rules", Some(body))
+                    .await
+                    .map(|v| format!("rule {} created\n", v["name"].as_str().unwrap_or("?")))
+            }
         }
         RuleCommand::List => {
             let v = call(&api, Method::GET, "/api/v1/rules", None).await?;

@@ -1578,3 +1578,41 @@ fn rule_test_reports_gap_silences_offline() {
     assert_eq!(silent(&trace[4]), ["d2"]);
     assert_eq!(trace[5]["stats"]["rows"], 3);
 }
+
+/// `ferrite rule create --replace` updates a rule in place; replacing one that does not exist
+/// fails and creates nothing.
+#[test]
+fn rules_are_replaced_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path());
+    let http = server.http.to_string();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--http", &http]);
+        ferrite(&all, None)
+    };
+    let first = "SELECT temp FROM 'devices/+/telemetry' WHERE temp > 80";
+    let second = "SELECT temp FROM 'devices/+/telemetry' WHERE temp > 90";
+    assert_eq!(
+        stdout_of(&run(&["rule", "create", "hot", "--sql", first])),
+        "rule hot created\n"
+    );
+    assert_eq!(
+        stdout_of(&run(&[
+            "rule",
+            "create",
+            "hot",
+            "--sql",
+            second,
+            "--replace"
+        ])),
+        "rule hot replaced\n"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout_of(&run(&["rule", "show", "hot"]))).unwrap();
+    assert_eq!(shown["sql"], second, "{shown}");
+    let missing = run(&["rule", "create", "cold", "--sql", first, "--replace"]);
+    assert!(!missing.status.success());
+    let listed = stdout_of(&run(&["rule", "list"]));
+    assert!(!listed.contains("cold"), "{listed}");
+}
