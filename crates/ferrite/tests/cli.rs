@@ -623,6 +623,13 @@ async fn devices_and_tokens_from_the_cli_with_the_printed_admin_token() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
 }
 
+/// Run the CLI against the server's HTTP API at `http`.
+fn ferrite_at(http: &str, args: &[&str], token: Option<&str>) -> std::process::Output {
+    let mut all = args.to_vec();
+    all.extend(["--http", http]);
+    ferrite(&all, token)
+}
+
 fn stdout_of(o: &std::process::Output) -> String {
     assert!(
         o.status.success(),
@@ -639,11 +646,7 @@ async fn fleet_administration_from_the_cli() {
     let server = serve_with(dir.path(), "off");
     let admin = server.admin.clone().unwrap();
     let http = server.http.to_string();
-    let run = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--http", &http]);
-        ferrite(&all, Some(&admin))
-    };
+    let run = |args: &[&str]| ferrite_at(&http, args, Some(&admin));
 
     // Import 2,000 devices in 5 requests; a bad record is reported with its file line.
     let mut ndjson: String = (0..2000)
@@ -1171,13 +1174,7 @@ fn rule_test_trace(lines: &[&str], args: &[&str]) -> Vec<serde_json::Value> {
         .arg(&input)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    stdout_of(&out)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .collect()
@@ -1257,11 +1254,7 @@ async fn alarms_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path());
     let http = server.http.to_string();
-    let run = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--http", &http]);
-        ferrite(&all, None)
-    };
+    let run = |args: &[&str]| ferrite_at(&http, args, None);
     stdout_of(&run(&[
         "rule",
         "create",
@@ -1586,11 +1579,7 @@ fn rules_are_replaced_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path());
     let http = server.http.to_string();
-    let run = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--http", &http]);
-        ferrite(&all, None)
-    };
+    let run = |args: &[&str]| ferrite_at(&http, args, None);
     let first = "SELECT temp FROM 'devices/+/telemetry' WHERE temp > 80";
     let second = "SELECT temp FROM 'devices/+/telemetry' WHERE temp > 90";
     assert_eq!(
