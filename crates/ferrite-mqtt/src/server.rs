@@ -156,7 +156,8 @@ impl Shared {
             .saturating_add(1)
     }
 
-    /// Move `keep_alive`'s deadline to `after` from now, unless the reaper already expired it.
+    /// Move `live`'s keep-alive deadline to `after` from now, unless the reaper already
+    /// expired it.
     pub(crate) fn touch(&self, live: &Live, after: std::time::Duration) {
         let deadline = self
             .now_ms()

@@ -1324,14 +1324,16 @@ async fn silent_clients_are_closed_after_one_and_a_half_keep_alives() {
     let (mut silent3, _) = Raw::open(addr, connect(ProtocolVersion::V311, "silent-3")).await;
     let (mut talker, _) = Raw::open(addr, connect(ProtocolVersion::V5, "talker")).await;
 
-    // The talker pings every 400 ms for longer than the others are allowed to be silent.
+    // The talker keeps pinging until the silent ones have been closed.
+    let (closed, mut until_closed) = tokio::sync::oneshot::channel::<()>();
     let talking = tokio::spawn(async move {
-        for _ in 0..8 {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+        loop {
             talker.send(&Packet::PingReq).await;
             assert_eq!(talker.next().await, Some(Packet::PingResp), "talker kept");
+            if until_closed.try_recv().is_ok() {
+                return talker;
+            }
         }
-        talker
     });
     match silent5.next().await {
         Some(Packet::Disconnect(d)) => {
@@ -1346,6 +1348,7 @@ async fn silent_clients_are_closed_after_one_and_a_half_keep_alives() {
     );
     assert!(silent5.next().await.is_none(), "closed after DISCONNECT");
     assert!(silent3.next().await.is_none(), "3.1.1: closed");
+    closed.send(()).unwrap();
     let mut talker = talking.await.unwrap();
     talker.send(&Packet::PingReq).await;
     assert_eq!(talker.next().await, Some(Packet::PingResp));
